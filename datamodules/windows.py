@@ -1,0 +1,176 @@
+"""Windows of consecutive frames over a capture cache: the base every stage's DataModule builds on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, SequenceRecord
+
+
+def window_starts(sequences: Sequence[SequenceRecord], window: int, stride: int = 1) -> np.ndarray:
+    """First frames of every ``window``-long run that lies inside one sequence (never across two).
+
+    A sequence shorter than ``window`` contributes nothing.
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got window={window}, stride={stride}")
+    starts = [np.arange(s.first, s.last - window + 2, stride, dtype=np.int64) for s in sequences]
+    return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+
+class CacheWindowDataset(Dataset):
+    """Item ``i`` is a dict of ``(T, ...)`` tensors, one per requested array, for frames ``s_i .. s_i+T-1``.
+
+    Arrays are memory-mapped lazily in each worker process (a memory map does not survive pickling into
+    workers), so only the rows of a window are ever read. Besides the arrays, every item carries
+    ``frame_index`` ``(T,)`` int64. Dtypes are kept (uint8 frames stay uint8; the model converts).
+
+    Args:
+        root: the capture cache folder.
+        arrays: batch key -> cache array name, e.g. ``{"x": "features/mediapipe", "z": "latents/vae"}``.
+        sequences: the sequences windows are drawn from.
+        window: frames per item (T).
+        stride: frames between consecutive window starts.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        arrays: Mapping[str, str],
+        sequences: Sequence[SequenceRecord],
+        window: int,
+        stride: int = 1,
+    ) -> None:
+        self.root = Path(root)
+        self.arrays = dict(arrays)
+        self.window = window
+        self.starts = window_starts(sequences, window, stride)
+        cache = CaptureCache(self.root)
+        for key, name in self.arrays.items():
+            rec = cache.record(name)  # clear error naming the producer if missing
+            if not rec.per_frame:
+                raise CacheError(f"{self.root}: array {name!r} (batch key {key!r}) is not per-frame")
+            cache.array(name)  # validates the file header against the manifest once, up front
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": {}}
+
+    def _map(self, name: str) -> np.ndarray:
+        if name not in self._maps:
+            self._maps[name] = CaptureCache(self.root).array(name)
+        return self._maps[name]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        start = int(self.starts[index])
+        stop = start + self.window
+        item = {key: torch.from_numpy(np.array(self._map(name)[start:stop])) for key, name in self.arrays.items()}
+        item["frame_index"] = torch.arange(start, stop, dtype=torch.int64)
+        return item
+
+
+class CacheDataModule(pl.LightningDataModule):
+    """Batches of frame windows from a capture cache, split by sequence.
+
+    Training windows are shuffled with a seeded generator; validation, test and predict windows keep frame
+    order. ``predict`` covers every sequence of every split (e.g. to encode or extract features for all
+    frames). Subclasses name the arrays they need; the windowing, splits and loaders live here once.
+
+    Args:
+        cache_dir: the capture cache folder.
+        arrays: batch key -> cache array name.
+        window: frames per item (T); 1 for per-frame stages.
+        stride: frames between training window starts (evaluation uses ``eval_stride``).
+        eval_stride: frames between validation/test/predict window starts (``window`` tiles without overlap).
+        batch_size: windows per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the training shuffle.
+        train_splits: which splits train on (``val`` may be added once model selection is done).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        arrays: dict[str, str],
+        window: int = 8,
+        stride: int = 1,
+        eval_stride: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_splits: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cache_dir = cache_dir
+        self.arrays = dict(arrays)
+        self.window = window
+        self.stride = stride
+        self.eval_stride = eval_stride or window
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_splits = list(train_splits or ["train"])
+        bad = set(self.train_splits) - set(SPLITS)
+        if bad:
+            raise ValueError(f"train_splits: unknown split(s) {sorted(bad)}; splits are {SPLITS}")
+        self.datasets: dict[str, CacheWindowDataset] = {}
+
+    @property
+    def cache(self) -> CaptureCache:
+        return CaptureCache(self.cache_dir)
+
+    def _dataset(self, splits: Sequence[str], stride: int) -> CacheWindowDataset:
+        return CacheWindowDataset(
+            self.cache_dir, self.arrays, self.cache.sequences_in(splits), self.window, stride
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.datasets["train"] = self._dataset(self.train_splits, self.stride)
+            if len(self.datasets["train"]) == 0:
+                raise CacheError(
+                    f"{self.cache_dir}: no training window of {self.window} frames in split(s) {self.train_splits}"
+                )
+        if stage in ("fit", "validate", None):
+            self.datasets["val"] = self._dataset(["val"], self.eval_stride)
+        if stage in ("test", None):
+            self.datasets["test"] = self._dataset(["test"], self.eval_stride)
+        if stage in ("predict", None):
+            self.datasets["predict"] = self._dataset(SPLITS, self.eval_stride)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # A cache without validation sequences simply has no validation loop.
+        return self._loader("val", shuffle=False) if len(self.datasets["val"]) else []
+
+    def test_dataloader(self) -> DataLoader:
+        if len(self.datasets["test"]) == 0:
+            raise CacheError(f"{self.cache_dir}: no test sequence (split 'test') with {self.window} frames")
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", shuffle=False)

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny generated caches, the location of ../shared, markers for GPU tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from avatar_lightning.cache import CaptureCache
+from tests.helpers import make_tiny_cache
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+@pytest.fixture
+def tiny_cache(tmp_path: Path) -> CaptureCache:
+    return make_tiny_cache(tmp_path / "cache")
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """``../shared`` beside the repository; tests that need it skip where it is absent (a user's clone)."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip("../shared is absent (only developer and CI machines have it)")
+    return SHARED_DIR
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,78 @@
+"""Test-only building blocks: a tiny procedural cache and a minimal LightningModule over it.
+
+Like Lightning's ``BoringModel``: they exercise the real CLI, cache and DataModule without any of the
+project's models, so the foundation is tested on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from avatar_lightning.cache import CameraRecord, CaptureCache, SequenceRecord
+
+FEATURES = "features/toy"
+LATENTS = "latents/toy"
+
+
+def tiny_sequences() -> list[SequenceRecord]:
+    """Three training sequences, one validation and one test sequence: 60 frames in all."""
+    return [
+        SequenceRecord("train_a", 0, 14, "train"),
+        SequenceRecord("train_b", 15, 29, "train"),
+        SequenceRecord("train_c", 30, 39, "train"),
+        SequenceRecord("val", 40, 49, "val"),
+        SequenceRecord("test", 50, 59, "test"),
+    ]
+
+
+def tiny_camera(name: str = "front", width: int = 8, height: int = 6) -> CameraRecord:
+    K = [[10.0, 0.0, width / 2], [0.0, 10.0, height / 2], [0.0, 0.0, 1.0]]
+    R = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    return CameraRecord(name=name, K=K, R=R, t=[0.0, 0.0, 2.0], width=width, height=height)
+
+
+def make_tiny_cache(root: Path, seed: int = 0, feature_dim: int = 5, latent_dim: int = 3) -> CaptureCache:
+    """A 60-frame cache whose latents are a fixed linear map of the features (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    sequences = tiny_sequences()
+    num_frames = sequences[-1].last + 1
+    cache = CaptureCache.create(root, fps=25.0, num_frames=num_frames, sequences=sequences,
+                                cameras=[tiny_camera()], meta={"generator": "tests.helpers"})
+    x = rng.standard_normal((num_frames, feature_dim)).astype(np.float32)
+    mixing = rng.standard_normal((feature_dim, latent_dim)).astype(np.float32)
+    cache.write_array(FEATURES, x, stage="test-fixture", per_frame=True)
+    cache.write_array(LATENTS, x @ mixing, stage="test-fixture", per_frame=True)
+    frames = rng.integers(0, 256, (num_frames, 6, 8, 3), dtype=np.uint8)
+    cache.write_array("cameras/front/frames", frames, stage="test-fixture", per_frame=True)
+    return cache
+
+
+class WindowRegressor(pl.LightningModule):
+    """Maps windows of features ``x (B, T, D)`` to latents ``z (B, T, Z)`` with one linear layer."""
+
+    def __init__(self, feature_dim: int, latent_dim: int, window: int, lr: float = 0.05) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.linear = torch.nn.Linear(feature_dim, latent_dim)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        assert batch["x"].shape[1] == self.hparams.window
+        loss = torch.nn.functional.mse_loss(self.linear(batch["x"]), batch["z"])
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
