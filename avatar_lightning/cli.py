@@ -70,6 +70,7 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
 
     class AvatarLightningCLI(LightningCLI):
         """LightningCLI with the project's defaults: CSV logs under ``runs/``, a rich progress bar, seed 0."""
@@ -89,7 +90,17 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             callbacks = config.get("callbacks") or []
             if _progress_bar_wanted(config) and not any(isinstance(c, RichProgressBar) for c in callbacks):
                 extra.append(RichProgressBar())
+            config["logger"] = _with_csv_logger(config.get("logger"), config.get("default_root_dir") or "runs")
             return self._instantiate_trainer(config, extra)
+
+    def _with_csv_logger(logger: Any, save_dir: str) -> Any:
+        """CSV logs always: whatever else a config adds, metrics land in a plain ``metrics.csv`` too."""
+        if logger is False:  # the user switched logging off explicitly
+            return False
+        loggers = [] if logger in (None, True) else list(logger) if isinstance(logger, list | tuple) else [logger]
+        if not any(isinstance(item, CSVLogger) for item in loggers):
+            loggers.insert(0, CSVLogger(save_dir=save_dir))
+        return loggers
 
     return AvatarLightningCLI(
         model_class=LightningModule,

@@ -69,6 +69,16 @@ def test_config_interpolation_and_defaults(tiny_cache: CaptureCache, tmp_path: P
     assert any(type(c).__name__ == "RichProgressBar" for c in cli.trainer.callbacks)
 
 
+def test_csv_logger_is_always_added(tiny_cache: CaptureCache, tmp_path: Path) -> None:
+    args = ["--config", CONFIG, f"--data.init_args.cache_dir={tiny_cache.root}",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}"]
+    cli = build_lightning_cli(args, run=False)
+    assert sorted(type(lg).__name__ for lg in cli.trainer.loggers) == ["CSVLogger", "TensorBoardLogger"]
+    cli = build_lightning_cli([*args[:4], "--trainer.logger=false"], run=False)
+    assert cli.trainer.loggers == []
+
+
 def test_fit_learns_and_logs_csv(tiny_cache: CaptureCache, tmp_path: Path) -> None:
     """A short real fit: the CSV log exists and the validation loss falls."""
     import csv
