@@ -222,8 +222,16 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide a cache from its group)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _umask_mode())
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -446,6 +454,7 @@ class CaptureCache:
         path = self._check_new(name, shape, per_frame)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp_name, _umask_mode())
         tmp = Path(tmp_name)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)

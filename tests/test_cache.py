@@ -243,6 +243,15 @@ def test_describe_lists_everything(tiny_cache: CaptureCache) -> None:
     assert len(tiny_sequences()) == len(tiny_cache.sequences)
 
 
+def test_files_get_the_usual_permissions(tiny_cache: CaptureCache) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the final files must be readable like any other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    for path in (tiny_cache.root / MANIFEST_NAME, tiny_cache.root / "features" / "toy.npy"):
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
 def test_no_temporary_files_left_behind(tiny_cache: CaptureCache) -> None:
     leftovers = [p for p in tiny_cache.root.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
