@@ -24,6 +24,14 @@ def tiny_cache(tmp_path: Path) -> CaptureCache:
     return make_tiny_cache(tmp_path / "cache")
 
 
+@pytest.fixture(scope="session")
+def synthetic_tiny(tmp_path_factory: pytest.TempPathFactory) -> CaptureCache:
+    """The built-in synthetic actor at the tiny preset (seed 0), made once per test session. Read-only."""
+    from avatar_lightning.synth.generate import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic") / "tiny", preset="tiny", seed=0)
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """``../shared`` beside the repository; tests that need it skip where it is absent (a user's clone)."""
