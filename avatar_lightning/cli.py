@@ -42,6 +42,8 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "synth": Stage("make the built-in synthetic multi-view actor, or another person's driving video",
                    "avatar_lightning.stages.synth:main"),
+    "encode": Stage("write every frame's latent z from a trained head VAE into the cache",
+                    "avatar_lightning.stages.encode:main"),
     "inspect": Stage("summarise and validate a capture cache (sequences, cameras, arrays)",
                      "avatar_lightning.stages.inspect:main"),
 }

@@ -1,5 +1,6 @@
 """LightningDataModules over the capture cache."""
 
+from datamodules.head import HeadDataModule
 from datamodules.windows import CacheDataModule, CacheWindowDataset, window_starts
 
-__all__ = ["CacheDataModule", "CacheWindowDataset", "window_starts"]
+__all__ = ["CacheDataModule", "CacheWindowDataset", "HeadDataModule", "window_starts"]

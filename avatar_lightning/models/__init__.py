@@ -1,0 +1,1 @@
+"""LightningModules: the training systems (losses, optimisers, logging) around the networks in ``nets``."""

@@ -1,0 +1,213 @@
+"""HeadVAE: the training system of the head model (paper §4, PHE23) around ``nets.head_vae``.
+
+Manual optimisation with two optimisers: the VAE (generator) minimises texture L1 + blend MSE + KL (with a
+linear warm-up) + optional LPIPS + an adversarial term from a PatchGAN that starts after ``adversarial_start``
+steps; the discriminator learns to tell captured from reconstructed textures (hinge or least squares).
+``predict_step`` returns each frame's posterior mean mu: the latent z the animator learns to predict.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from avatar_lightning.cache import CacheError
+from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
+from avatar_lightning.nets.perceptual import load_lpips
+
+
+def textures_from_batch(batch: dict[str, Tensor]) -> Tensor:
+    """``(B, 1, T, T, 3) uint8`` -> ``(B, 3, T, T)`` float in [0, 1]."""
+    return batch["texture"][:, 0].permute(0, 3, 1, 2).float() / 255.0
+
+
+class HeadVAE(pl.LightningModule):
+    """The head model: z -> (blend weights b, UV texture), trained as a VAE-GAN.
+
+    Args:
+        texture_size: T; None takes it from the datamodule's cache at ``fit``.
+        num_blend_shapes: K; None takes it from the cache.
+        latent_dim: Z, the size of the expression latent z.
+        width: channels of the first encoder/decoder level.
+        lr: Adam learning rate of both optimisers.
+        kl_weight: weight of the KL term after warm-up.
+        kl_warmup_steps: steps over which the KL weight ramps up linearly from 0.
+        blend_weight: weight of the blend-weight MSE.
+        perceptual_weight: weight of LPIPS (off when 0 or when its backbone file is absent).
+        lpips_backbone: path of the AlexNet file for LPIPS; None looks in torchvision's cache.
+        adversarial_weight: weight of the generator's adversarial loss (0 disables the discriminator).
+        adversarial_start: training step at which the adversarial terms start.
+        adversarial_loss: ``hinge`` or ``lsgan``.
+        discriminator_layers: PatchGAN depth (receptive field 70 texels at 3).
+        discriminator_width: channels of its first layer (pix2pix uses 64; 32 costs a quarter on a CPU).
+    """
+
+    def __init__(
+        self,
+        texture_size: int | None = None,
+        num_blend_shapes: int | None = None,
+        latent_dim: int = 64,
+        width: int = 16,
+        lr: float = 2e-4,
+        kl_weight: float = 1e-3,
+        kl_warmup_steps: int = 2000,
+        blend_weight: float = 10.0,
+        perceptual_weight: float = 0.1,
+        lpips_backbone: str | None = None,
+        adversarial_weight: float = 0.05,
+        adversarial_start: int = 2000,
+        adversarial_loss: Literal["hinge", "lsgan"] = "hinge",
+        discriminator_layers: int = 3,
+        discriminator_width: int = 32,
+    ) -> None:
+        super().__init__()
+        if adversarial_loss not in ("hinge", "lsgan"):
+            raise ValueError(f"adversarial_loss must be 'hinge' or 'lsgan', got {adversarial_loss!r}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.vae: HeadVAENet | None = None
+        self.discriminator: PatchDiscriminator | None = None
+        if texture_size is not None and num_blend_shapes is not None:
+            self._build(texture_size, num_blend_shapes)
+        # Not registered as a submodule: a frozen, user-supplied network stays out of checkpoints, so a checkpoint
+        # loads whether or not the backbone file is present on the loading machine.
+        self.__dict__["lpips"] = load_lpips(lpips_backbone) if perceptual_weight > 0 else None
+        # Generator updates so far, saved with the weights so warm-ups resume where they stopped (Lightning's
+        # global_step counts the steps of both optimisers).
+        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        self.metrics = torch.nn.ModuleDict({
+            f"{stage}_{name}": metric(data_range=1.0)
+            for stage in ("val", "test")
+            for name, metric in (("psnr", PeakSignalNoiseRatio), ("ssim", StructuralSimilarityIndexMeasure))
+        })
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, texture_size: int, num_blend_shapes: int) -> None:
+        self.hparams.texture_size, self.hparams.num_blend_shapes = texture_size, num_blend_shapes
+        self.vae = HeadVAENet(texture_size, num_blend_shapes, self.hparams.latent_dim, self.hparams.width)
+        if self.hparams.adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator(self.hparams.discriminator_layers, self.hparams.discriminator_width)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        sizes = (getattr(datamodule, "texture_size", None), getattr(datamodule, "num_blend_shapes", None))
+        if self.vae is None:
+            if None in sizes:
+                raise CacheError("HeadVAE needs texture_size and num_blend_shapes, or a HeadDataModule to read them")
+            self._build(*sizes)
+        elif None not in sizes and sizes != (self.hparams.texture_size, self.hparams.num_blend_shapes):
+            raise CacheError(
+                f"the cache holds textures of {sizes[0]}^2 and {sizes[1]} blend shapes but this model was built for "
+                f"{self.hparams.texture_size}^2 and {self.hparams.num_blend_shapes}"
+            )
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        betas = (0.5, 0.999)
+        optimizers = [torch.optim.Adam(self.vae.parameters(), lr=self.hparams.lr, betas=betas)]
+        if self.discriminator is not None:
+            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas))
+        return optimizers
+
+    # ------------------------------------------------------------------ the model
+    def encode(self, texture: Tensor, blend_weights: Tensor) -> Tensor:
+        """Posterior mean mu ``(B, Z)`` of ``texture (B, 3, T, T)`` in [0, 1] and ``blend_weights (B, K)``."""
+        return self.vae.encoder(texture, blend_weights)[0]
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``z (B, Z)`` -> ``texture (B, 3, T, T)`` in [0, 1], ``blend_weights (B, K)``."""
+        return self.vae.decoder(z)
+
+    def _kl_weight(self) -> float:
+        warmup = max(self.hparams.kl_warmup_steps, 1)
+        return self.hparams.kl_weight * min(1.0, int(self.generator_steps) / warmup)
+
+    def _adversarial_on(self) -> bool:
+        return self.discriminator is not None and int(self.generator_steps) >= self.hparams.adversarial_start
+
+    def _generator_adversarial(self, fake_logits: Tensor) -> Tensor:
+        if self.hparams.adversarial_loss == "hinge":
+            return -fake_logits.mean()
+        return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
+
+    def _discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        if self.hparams.adversarial_loss == "hinge":
+            return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+        return F.mse_loss(real_logits, torch.ones_like(real_logits)) + F.mse_loss(
+            fake_logits, torch.zeros_like(fake_logits)
+        )
+
+    def _reconstruction_losses(
+        self, texture: Tensor, blend: Tensor, recon: Tensor, blend_out: Tensor, mu: Tensor, log_var: Tensor
+    ) -> dict[str, Tensor]:
+        losses = {
+            "texture_l1": F.l1_loss(recon, texture),
+            "blend_mse": F.mse_loss(blend_out, blend),
+            "kl": -0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=1)),
+        }
+        if self.lpips is not None and self.hparams.perceptual_weight > 0:
+            losses["lpips"] = self.lpips.to(recon.device)(recon, texture)
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
+        optimizers = self.optimizers()
+        opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
+        recon, blend_out, mu, log_var = self.vae(texture, blend)
+        losses = self._reconstruction_losses(texture, blend, recon, blend_out, mu, log_var)
+        loss = (
+            losses["texture_l1"]
+            + self.hparams.blend_weight * losses["blend_mse"]
+            + self._kl_weight() * losses["kl"]
+            + self.hparams.perceptual_weight * losses.get("lpips", 0.0)
+        )
+        adversarial = self._adversarial_on()
+        if adversarial:
+            losses["g_adv"] = self._generator_adversarial(self.discriminator(recon))
+            loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_g.step()
+        self.generator_steps += 1
+
+        if self.discriminator is not None:
+            opt_d = optimizers[1]
+            opt_d.zero_grad(set_to_none=True)
+            if adversarial:  # the discriminator learns alongside the generator once the term is on
+                d_loss = self._discriminator_loss(self.discriminator(texture), self.discriminator(recon.detach()))
+                self.manual_backward(d_loss)
+                losses["d_loss"] = d_loss.detach()
+            # Stepped every batch (a no-op without gradients) so global_step is always 2 per batch.
+            opt_d.step()
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        """Reconstruct from mu (no sampling): losses, texture PSNR / SSIM and blend MSE under ``stage/``."""
+        texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
+        recon, blend_out, mu, log_var = self.vae(texture, blend, sample=False)
+        losses = self._reconstruction_losses(texture, blend, recon, blend_out, mu, log_var)
+        psnr, ssim = self.metrics[f"{stage}_psnr"], self.metrics[f"{stage}_ssim"]
+        psnr(recon, texture)
+        ssim(recon, texture)
+        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(texture))
+        self.log(f"{stage}/psnr", psnr, prog_bar=True)
+        self.log(f"{stage}/ssim", ssim)
+        return {"input": texture, "reconstruction": recon}
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Scores on the held-out test sequence (``python -m avatar_lightning test ... --ckpt_path``)."""
+        return self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Posterior means of every frame, keyed for the cache writer: ``latent (B, Z)``, ``frame_index (B,)``."""
+        texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
+        return {"frame_index": batch["frame_index"][:, 0], "latent": self.encode(texture, blend)}

@@ -1,0 +1,136 @@
+"""The head model's networks (paper §4, after PHE23): a VAE over (UV texture, blend weights) and a PatchGAN.
+
+Plain ``nn.Module``s; the training system (losses, optimisers, logging) is ``models/head_vae.py``.
+Textures are ``(B, 3, T, T)`` in [0, 1] here (channels first); T is a power of two >= 16.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def _check_texture_size(size: int) -> int:
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"texture_size must be a power of two >= 16, got {size}")
+    return int(math.log2(size // 4))  # number of 2x resolution steps between 4x4 and the texture
+
+
+def _channels(level: int, base: int, cap: int) -> int:
+    return min(base * 2**level, cap)
+
+
+class HeadEncoder(nn.Module):
+    """(texture, blend weights) -> (mu, log sigma^2) of the latent expression z.
+
+    Args:
+        texture_size: T, side of the square texture.
+        num_blend_shapes: K.
+        latent_dim: Z.
+        width: channels of the first convolution (doubling per level, capped at ``max_width``).
+        max_width: channel cap.
+    """
+
+    def __init__(self, texture_size: int, num_blend_shapes: int, latent_dim: int, width: int = 32,
+                 max_width: int = 256) -> None:
+        super().__init__()
+        levels = _check_texture_size(texture_size)
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)]
+        for level in range(levels):
+            cin, cout = _channels(level, width, max_width), _channels(level + 1, width, max_width)
+            layers += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+        self.texture = nn.Sequential(*layers, nn.Flatten())  # (B, C * 4 * 4)
+        texture_features = _channels(levels, width, max_width) * 16
+        self.blend = nn.Sequential(nn.Linear(num_blend_shapes, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
+                                   nn.LeakyReLU(0.2))
+        self.joint = nn.Sequential(nn.Linear(texture_features + 128, 512), nn.LeakyReLU(0.2))
+        self.mu = nn.Linear(512, latent_dim)
+        self.log_var = nn.Linear(512, latent_dim)
+
+    def forward(self, texture: Tensor, blend_weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``texture (B, 3, T, T)`` in [0, 1], ``blend_weights (B, K)`` -> ``mu, log_var (B, Z)``."""
+        h = self.joint(torch.cat([self.texture(texture * 2 - 1), self.blend(blend_weights)], dim=1))
+        return self.mu(h), self.log_var(h).clamp(-12.0, 8.0)
+
+
+class HeadDecoder(nn.Module):
+    """z -> (texture, blend weights): the avatar's appearance and geometry from one latent vector."""
+
+    def __init__(self, texture_size: int, num_blend_shapes: int, latent_dim: int, width: int = 32,
+                 max_width: int = 256) -> None:
+        super().__init__()
+        levels = _check_texture_size(texture_size)
+        top = _channels(levels, width, max_width)
+        self.top_channels = top
+        self.fc = nn.Sequential(nn.Linear(latent_dim, top * 16), nn.LeakyReLU(0.2))
+        layers: list[nn.Module] = []
+        for level in reversed(range(levels)):
+            cin, cout = _channels(level + 1, width, max_width), _channels(level, width, max_width)
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1),
+                       nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
+        self.texture = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())
+        self.blend = nn.Sequential(nn.Linear(latent_dim, 128), nn.LeakyReLU(0.2), nn.Linear(128, num_blend_shapes))
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``z (B, Z)`` -> ``texture (B, 3, T, T)`` in [0, 1] and ``blend_weights (B, K)``."""
+        h = self.fc(z).view(len(z), self.top_channels, 4, 4)
+        return self.texture(h), self.blend(z)
+
+
+class HeadVAENet(nn.Module):
+    """Encoder and decoder together; ``forward`` samples z with the reparameterisation trick when training."""
+
+    def __init__(self, texture_size: int = 128, num_blend_shapes: int = 17, latent_dim: int = 64, width: int = 32,
+                 max_width: int = 256) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = HeadEncoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
+        self.decoder = HeadDecoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
+
+    def forward(self, texture: Tensor, blend_weights: Tensor, sample: bool | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns reconstructed ``texture, blend_weights`` and the posterior's ``mu, log_var``."""
+        mu, log_var = self.encoder(texture, blend_weights)
+        sample = self.training if sample is None else sample
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if sample else mu
+        texture_out, blend_out = self.decoder(z)
+        return texture_out, blend_out, mu, log_var
+
+
+class PatchDiscriminator(nn.Module):
+    """pix2pix's PatchGAN: a grid of real/fake logits, each judging one patch of the texture.
+
+    The receptive field of one output logit is ``receptive_field(num_layers)`` texels (70 for 3 layers, as in
+    pix2pix). Instance norm, since batch statistics of real and fake batches would leak between them.
+    """
+
+    def __init__(self, num_layers: int = 3, width: int = 64, max_width: int = 512) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        channels = width
+        for level in range(1, num_layers + 1):
+            out = min(width * 2**level, max_width)
+            stride = 2 if level < num_layers else 1
+            layers += [nn.Conv2d(channels, out, 4, stride=stride, padding=1), nn.InstanceNorm2d(out, affine=True),
+                       nn.LeakyReLU(0.2)]
+            channels = out
+        layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
+        self.net = nn.Sequential(*layers)
+        self.num_layers = num_layers
+
+    @staticmethod
+    def receptive_field(num_layers: int) -> int:
+        """Texels seen by one output logit: kernels of 4 with strides 2 (num_layers times), then two of stride 1."""
+        field = 4  # the final stride-1 convolution
+        field = field + 3  # the stride-1 convolution of the last level
+        for _ in range(num_layers):  # num_layers stride-2 convolutions (the first one included)
+            field = 2 * field + 2
+        return field
+
+    def forward(self, texture: Tensor) -> Tensor:
+        """``texture (B, 3, T, T)`` in [0, 1] -> logits ``(B, 1, P, P)``."""
+        return self.net(texture * 2 - 1)

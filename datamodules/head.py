@@ -1,0 +1,34 @@
+"""Per-frame UV textures and blend weights for the head VAE, split by sequence."""
+
+from __future__ import annotations
+
+from datamodules.windows import CacheDataModule
+
+TEXTURES = "tracking/textures"
+BLEND_WEIGHTS = "tracking/blend_weights"
+
+
+class HeadDataModule(CacheDataModule):
+    """Batches of single frames: ``texture (B, 1, T, T, 3) uint8`` and ``blend (B, 1, K) float32``.
+
+    Args:
+        cache_dir: the capture cache folder (``synth`` or a real capture's ``prepare`` writes the arrays).
+        batch_size: frames per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the training shuffle.
+        textures: cache array of the UV textures.
+        blend_weights: cache array of the blend weights.
+    """
+
+    def __init__(self, cache_dir: str, batch_size: int = 16, num_workers: int = 0, seed: int = 0,
+                 textures: str = TEXTURES, blend_weights: str = BLEND_WEIGHTS) -> None:
+        super().__init__(cache_dir, {"texture": textures, "blend": blend_weights}, window=1, batch_size=batch_size,
+                         num_workers=num_workers, seed=seed)
+
+    @property
+    def texture_size(self) -> int:
+        return self.cache.record(self.arrays["texture"]).shape[1]
+
+    @property
+    def num_blend_shapes(self) -> int:
+        return self.cache.record(self.arrays["blend"]).shape[1]

@@ -1,0 +1,173 @@
+"""The head VAE: networks, a real learning test, encoding, resuming, LPIPS loading, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.cli import main
+from avatar_lightning.models.head_vae import HeadVAE
+from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
+from avatar_lightning.nets.perceptual import ALEXNET_FILE, load_lpips
+from avatar_lightning.stages.encode import encode_cache, load_head_vae
+from datamodules import HeadDataModule
+from tests.conftest import REPO_ROOT
+
+
+def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                      num_sanity_val_steps=0, **kwargs)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_network_shapes_and_ranges(size: int) -> None:
+    net = HeadVAENet(texture_size=size, num_blend_shapes=5, latent_dim=7, width=4)
+    texture, blend = torch.rand(3, 3, size, size), torch.rand(3, 5)
+    recon, blend_out, mu, log_var = net(texture, blend)
+    assert recon.shape == texture.shape and blend_out.shape == blend.shape
+    assert mu.shape == log_var.shape == (3, 7)
+    assert recon.min() >= 0 and recon.max() <= 1
+    net.eval()
+    torch.testing.assert_close(net(texture, blend)[2], net(texture, blend)[2])  # mu is deterministic
+    with pytest.raises(ValueError, match="power of two"):
+        HeadVAENet(texture_size=48)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_patch_discriminator_receptive_field(layers: int) -> None:
+    disc = PatchDiscriminator(num_layers=layers, width=4).eval()
+    for i, module in enumerate(disc.net):  # instance norm mixes every position; the convolutions set the field
+        if isinstance(module, torch.nn.InstanceNorm2d):
+            disc.net[i] = torch.nn.Identity()
+    texture = torch.rand(1, 3, 128, 128, requires_grad=True)
+    logits = disc(texture)
+    logits[0, 0, logits.shape[2] // 2, logits.shape[3] // 2].backward()
+    rows = torch.nonzero(texture.grad.abs().sum((0, 1)).sum(1))
+    assert rows.max() - rows.min() + 1 == PatchDiscriminator.receptive_field(layers)
+    assert PatchDiscriminator.receptive_field(3) == 70  # pix2pix's 70x70 PatchGAN
+
+
+def test_one_training_step_updates_both_networks(synthetic_tiny: CaptureCache, tmp_path: Path) -> None:
+    model = HeadVAE(latent_dim=8, width=4, perceptual_weight=0, adversarial_start=0, discriminator_layers=2)
+    data = HeadDataModule(str(synthetic_tiny.root), batch_size=4)
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    model.trainer = trainer
+    data.setup("fit")
+    trainer.datamodule = data  # let setup() read the sizes before we take a snapshot
+    model.setup("fit")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.fit(model, datamodule=data)
+    after = model.state_dict()
+    for prefix in ("vae.encoder.", "vae.decoder.", "discriminator."):
+        changed = [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+        assert changed, f"no parameter of {prefix} changed"
+    assert int(model.generator_steps) == 1 and trainer.global_step == 2
+
+
+def _small_cache(root: Path, textures: np.ndarray, blend: np.ndarray) -> CaptureCache:
+    n = len(textures)
+    cache = CaptureCache.create(root, fps=25, num_frames=n, sequences=[SequenceRecord("train", 0, n - 1, "train")])
+    cache.write_array("tracking/textures", textures, stage="test", per_frame=True)
+    cache.write_array("tracking/blend_weights", blend, stage="test", per_frame=True)
+    return cache
+
+
+def test_overfitting_a_handful_of_frames_cuts_texture_l1_five_fold(synthetic_tiny: CaptureCache,
+                                                                   tmp_path: Path) -> None:
+    frames = np.arange(0, 160, 20)  # 8 frames, different expressions and head poses
+    textures = synthetic_tiny.read("tracking/textures")[frames]
+    textures = torch.nn.functional.interpolate(torch.from_numpy(textures).permute(0, 3, 1, 2).float(), size=32,
+                                               mode="area").round().byte().permute(0, 2, 3, 1).numpy()
+    cache = _small_cache(tmp_path / "few", textures, synthetic_tiny.read("tracking/blend_weights")[frames])
+    data = HeadDataModule(str(cache.root), batch_size=8)
+    model = HeadVAE(latent_dim=16, width=8, lr=3e-3, kl_weight=1e-5, kl_warmup_steps=1, perceptual_weight=0,
+                    adversarial_weight=0)
+    target = torch.from_numpy(textures).permute(0, 3, 1, 2).float() / 255
+    blend = torch.from_numpy(cache.read("tracking/blend_weights"))
+
+    def l1() -> float:
+        model.eval()
+        with torch.no_grad():
+            error = float((model.decode(model.encode(target, blend))[0] - target).abs().mean())
+        model.train()
+        return error
+
+    trainer = _trainer(tmp_path, max_steps=250, limit_val_batches=0)
+    data.setup("fit")
+    model.trainer, trainer.datamodule = trainer, data
+    model.setup("fit")
+    start = l1()
+    trainer.fit(model, datamodule=data)
+    end = l1()
+    assert end < start / 5, f"texture L1 {start:.4f} -> {end:.4f}"
+
+
+def test_fit_encode_and_resume_through_the_cli(synthetic_tiny: CaptureCache, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    base = ["fit", "--config", str(REPO_ROOT / "experiments" / "head_vae.yaml"),
+            "--config", str(REPO_ROOT / "experiments" / "head_vae_tiny.yaml"),
+            f"--data.init_args.cache_dir={synthetic_tiny.root}", f"--trainer.default_root_dir={runs}",
+            f"--trainer.logger.init_args.save_dir={runs}", "--trainer.enable_progress_bar=false",
+            "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1"]
+    assert main([*base, "--trainer.max_steps=8"]) == 0
+    last = next(runs.rglob("last.ckpt"))
+    assert list(runs.rglob("images/*/step_*.png")), "no reconstruction grid was written"
+    assert main([*base, "--trainer.max_steps=12", f"--ckpt_path={last}"]) == 0
+    resumed_path = next(p for p in runs.rglob("last.ckpt") if p != last)  # the second run's own version folder
+    resumed = torch.load(resumed_path, weights_only=False)
+    assert resumed["global_step"] == 12
+    assert int(resumed["state_dict"]["generator_steps"]) == 6
+
+    cache = synthetic_tiny
+    model = load_head_vae(last)
+    copy = _small_cache(tmp_path / "encode", cache.read("tracking/textures"), cache.read("tracking/blend_weights"))
+    first = np.array(encode_cache(model, copy, "run"))
+    second = np.array(encode_cache(load_head_vae(last), copy, "run"))
+    assert first.shape == (cache.num_frames, model.hparams.latent_dim)
+    np.testing.assert_array_equal(first, second)
+    assert CaptureCache(copy.root).record("latents/run").stage == "encode"
+    assert main(["encode", "--ckpt", str(last), "--cache", str(copy.root), "--name", "cli"]) == 0
+    np.testing.assert_allclose(CaptureCache(copy.root).read("latents/cli"), first, rtol=1e-5, atol=1e-6)
+
+
+def test_lpips_loads_the_users_backbone_file(tmp_path: Path) -> None:
+    path = tmp_path / ALEXNET_FILE
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)  # the real file's layout
+    lpips = load_lpips(path)
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    assert float(lpips(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lpips(x, y)) > 0
+    with pytest.raises(FileNotFoundError, match=ALEXNET_FILE):
+        load_lpips(tmp_path / "absent.pth")
+    torch.save({"classifier.1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="not an AlexNet"):
+        load_lpips(tmp_path / "wrong.pth")
+
+
+def test_lpips_absent_is_a_clear_warning_not_a_random_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.warns(UserWarning, match=f"LPIPS perceptual loss is off.*{ALEXNET_FILE}"):
+        model = HeadVAE(texture_size=16, num_blend_shapes=3, perceptual_weight=0.1)
+    assert model.lpips is None
+
+
+def test_a_cache_without_textures_names_the_stage(tiny_cache: CaptureCache) -> None:
+    data = HeadDataModule(str(tiny_cache.root))
+    with pytest.raises(CacheError, match=r"tracking/textures.*synth"):
+        data.setup("fit")
+
+
+def test_encode_refuses_missing_or_foreign_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(CacheError, match="does not exist"):
+        load_head_vae(tmp_path / "none.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CacheError, match="not a HeadVAE checkpoint"):
+        load_head_vae(tmp_path / "foreign.ckpt")
