@@ -51,7 +51,7 @@ PRODUCERS: tuple[tuple[str, str], ...] = (
     ("truth/*", "`python -m avatar_lightning synth` (only synthetic captures carry ground truth)"),
     ("features/*", "`python -m avatar_lightning features --cache DIR --extractor NAME`"),
     ("latents/*", "`python -m avatar_lightning encode --ckpt HEAD_VAE.ckpt --cache DIR --name RUN`"),
-    ("renders/*", "`python -m avatar_lightning predict` with the re-render writer"),
+    ("renders/*", "`python -m avatar_lightning render-mesh --ckpt HEAD_VAE.ckpt --cache DIR --name RUN` (I_orig)"),
 )
 
 _ARRAY_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")

@@ -44,6 +44,8 @@ STAGES: dict[str, Stage] = {
                    "avatar_lightning.stages.synth:main"),
     "encode": Stage("write every frame's latent z from a trained head VAE into the cache",
                     "avatar_lightning.stages.encode:main"),
+    "render-mesh": Stage("render the textured head model (I_orig) of every frame and camera into the cache",
+                         "avatar_lightning.stages.render_mesh:main"),
     "inspect": Stage("summarise and validate a capture cache (sequences, cameras, arrays)",
                      "avatar_lightning.stages.inspect:main"),
 }

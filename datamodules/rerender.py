@@ -1,0 +1,103 @@
+"""(frame, camera) pairs for the re-render U-Net: the mesh rendering I_orig, the captured frame, the clean plate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
+
+from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.stages.render_mesh import render_name
+from datamodules.windows import CacheDataModule, CacheWindowDataset
+
+
+def _image(array: Tensor) -> Tensor:
+    """``(H, W, 3)`` or ``(H, W)`` uint8 -> ``(3 | 1, H, W)`` float in [0, 1]."""
+    array = array if array.dim() == 3 else array[..., None]
+    return array.permute(2, 0, 1).float() / 255
+
+
+class CameraFrames(Dataset):
+    """One camera's frames of some sequences: single-frame windows of its arrays plus its clean plate.
+
+    Item: ``i_orig (3, H, W)``, ``coverage (1, H, W)`` (where the mesh covers the pixel), ``frame (3, H, W)``,
+    ``plate (3, H, W)``, all float in [0, 1]; ``foreground (1, H, W)`` where the cache has the true mask
+    (synthetic captures); ``frame_index ()`` int64 and ``camera ()`` int64 (the index into the cache's cameras).
+    """
+
+    def __init__(self, root: str | Path, run: str, camera: str, camera_index: int,
+                 sequences: Sequence[SequenceRecord]) -> None:
+        cache = CaptureCache(root)
+        arrays = {"i_orig": render_name(run, camera), "coverage": f"{render_name(run, camera)}.mask",
+                  "frame": f"cameras/{camera}/frames"}
+        if cache.has(f"truth/{camera}/foreground"):
+            arrays["foreground"] = f"truth/{camera}/foreground"
+        self.windows = CacheWindowDataset(root, arrays, sequences, window=1)
+        self.plate = _image(torch.from_numpy(cache.read(f"cameras/{camera}/clean_plate")))  # (3, H, W)
+        self.camera_index = camera_index
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        window = self.windows[index]
+        item = {key: _image(value[0]) for key, value in window.items() if key != "frame_index"}
+        item["plate"] = self.plate
+        item["frame_index"] = window["frame_index"][0]
+        item["camera"] = torch.tensor(self.camera_index, dtype=torch.int64)
+        return item
+
+
+class RerenderDataModule(CacheDataModule):
+    """Batches over (frame, camera) pairs of ``renders/<run>/<camera>`` (I_orig), frames and clean plates.
+
+    Split by sequence like every cache DataModule (training shuffled with ``seed``); items as in
+    :class:`CameraFrames`. ``python -m avatar_lightning render-mesh`` writes the renders.
+
+    Args:
+        cache_dir: the capture cache folder.
+        run: the render run: ``renders/<run>/<camera>`` arrays.
+        cameras: camera names to use (None: all cameras of the cache).
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        seed: seeds the training shuffle.
+        train_splits: which splits train on.
+    """
+
+    def __init__(self, cache_dir: str, run: str = "head_vae", cameras: list[str] | None = None,
+                 batch_size: int = 8, num_workers: int = 0, seed: int = 0,
+                 train_splits: list[str] | None = None) -> None:
+        super().__init__(cache_dir, {}, window=1, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                         train_splits=train_splits)
+        self.run = run
+        self.camera_names = list(cameras) if cameras else None
+
+    @property
+    def cameras(self) -> list[str]:
+        """The camera names served, in the order of the ``camera`` index of each item."""
+        known = [c.name for c in self.cache.cameras]
+        if self.camera_names is None:
+            return known
+        unknown = sorted(set(self.camera_names) - set(known))
+        if unknown:
+            raise CacheError(f"{self.cache_dir}: no camera(s) {unknown}; cameras are {known}")
+        return list(self.camera_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the served images (all cameras must share it to batch together)."""
+        cache = self.cache
+        sizes = {(cache.camera(c).height, cache.camera(c).width) for c in self.cameras}
+        if len(sizes) != 1:
+            raise CacheError(f"{self.cache_dir}: cameras {self.cameras} differ in image size {sorted(sizes)}")
+        return sizes.pop()
+
+    def _dataset(self, splits: Sequence[str], stride: int) -> ConcatDataset:
+        _height, _width = self.image_size  # checked here: a batch mixes cameras, so they must share a size
+        sequences = self.cache.sequences_in(splits)
+        return ConcatDataset([CameraFrames(self.cache_dir, self.run, name, index, sequences)
+                              for index, name in enumerate(self.cameras)])
+
