@@ -48,6 +48,10 @@ STAGES: dict[str, Stage] = {
                          "avatar_lightning.stages.render_mesh:main"),
     "inspect": Stage("summarise and validate a capture cache (sequences, cameras, arrays)",
                      "avatar_lightning.stages.inspect:main"),
+    "ingest": Stage("turn a driving video (mp4, mov, avi, webm) into a one-camera capture cache",
+                    "avatar_lightning.stages.ingest:main"),
+    "features": Stage("write person-independent expression features (mediapipe, deca) of every frame",
+                      "avatar_lightning.stages.features:main"),
 }
 
 

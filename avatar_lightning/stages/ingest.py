@@ -1,0 +1,199 @@
+"""``python -m avatar_lightning ingest``: a driving video (mp4, mov, avi, webm, ...) -> a one-camera capture cache.
+
+The cache holds one camera ``video`` (``cameras/video/frames (N, H, W, 3) uint8``), one sequence ``drive``
+(split ``test``: a driving video is never trained on), the video's fps, and ``meta.source`` / ``meta.ingest``.
+Optionally each frame is cropped around the face (DECA's square box, smoothed over time; the boxes are kept
+in ``cameras/video/crop_boxes (N, 3)`` as centre x, centre y, side in source pixels) and resized.
+
+Long videos stream: the file is decoded once to count and validate its frames (headers can lack or misstate
+the count), then again into the frames array chunk by chunk; memory is flat in the video's length.
+The cache is built in a hidden temporary folder beside ``--out`` and renamed into place at the very end, so a
+failure (a corrupt or truncated file, an interrupt) leaves no cache that looks complete.
+
+The camera is not calibrated: K is an approximate pinhole, focal length 1.2 x the longer side (COLMAP's default
+prior, about 45 degrees across the longer side), principal point at the centre; R = I, t = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar_lightning import __version__
+from avatar_lightning.cache import MANIFEST_NAME, CacheError, CameraRecord, CaptureCache, SequenceRecord
+from avatar_lightning.video import VideoError, count_frames, iter_frames, probe_video
+
+STAGE = "ingest"
+CAMERA = "video"
+SEQUENCE = "drive"
+FOCAL_PRIOR = 1.2  # focal length / longer side
+Progress = Callable[[str, int, int], None]
+
+
+def approximate_intrinsics(width: int, height: int) -> list[list[float]]:
+    """A pinhole guess for an uncalibrated video: f = 1.2 max(W, H), principal point at the image centre."""
+    focal = FOCAL_PRIOR * max(width, height)
+    return [[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]]
+
+
+def output_size(width: int, height: int, crop: bool, size: int | None) -> tuple[int, int]:
+    """Frame size in the cache: ``size`` square when cropping, else the longer side scaled to ``size``."""
+    if crop:
+        return (size or 512,) * 2
+    if size is None:
+        return width, height
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _frames(video: Path, width: int, height: int, crop: bool, fps: float, boxes: np.ndarray | None,
+            strict: bool) -> Iterator[np.ndarray]:
+    """Decoded frames, cropped around the face and/or resized to ``(height, width, 3)``; boxes filled in place."""
+    cropper = None
+    if crop:
+        from avatar_lightning.features.crop import FaceCropper
+
+        cropper = FaceCropper(size=width, fps=fps)
+    try:
+        for i, frame in enumerate(iter_frames(video, strict=strict)):
+            if cropper is not None:
+                result = cropper(frame)
+                assert boxes is not None
+                boxes[i] = result.box
+                yield result.image
+            elif frame.shape[:2] != (height, width):
+                shrink = width < frame.shape[1]
+                yield cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            else:
+                yield frame
+    finally:
+        if cropper is not None:
+            cropper.close()
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise CacheError(f"{out / MANIFEST_NAME} already exists; pass --overwrite to replace that cache")
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out} exists and is not a directory")
+    if out.is_dir() and not (out / MANIFEST_NAME).exists() and any(out.iterdir()):
+        raise CacheError(f"{out} exists, is not empty and is not a capture cache; choose another --out")
+
+
+def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size: int | None = None,
+                 overwrite: bool = False, strict: bool = True, chunk: int = 64,
+                 progress: Progress | None = None) -> CaptureCache:
+    """Turn ``video`` into a one-camera capture cache at ``out`` (see the module docstring); returns it.
+
+    Raises :class:`VideoError` for a missing, unreadable, corrupt (with ``strict``: any damage FFmpeg reports)
+    or truncated video and ``CacheError`` for an existing cache without ``overwrite``; in every failure ``out``
+    is left as it was.
+    """
+    video, out = Path(video), Path(out)
+    info = probe_video(video)
+    _check_out(out, overwrite)
+    if size is not None and size < 8:
+        raise CacheError(f"--size must be at least 8 pixels, got {size}")
+    report = progress or (lambda what, done, total: None)
+    report("scan video", 0, info.expected_frames or 0)
+    num_frames = count_frames(video, strict=strict)
+    report("scan video", num_frames, num_frames)
+    width, height = output_size(info.width, info.height, crop, size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.ingest-", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(staging, 0o777 & ~mask)  # a plain mkdir's mode, not mkdtemp's 0700
+    try:
+        cache = CaptureCache.create(
+            staging, fps=info.fps, num_frames=num_frames,
+            sequences=[SequenceRecord(SEQUENCE, 0, num_frames - 1, "test")],
+            cameras=[CameraRecord(name=CAMERA, K=approximate_intrinsics(width, height),
+                                  R=np.eye(3).tolist(), t=[0.0, 0.0, 0.0], width=width, height=height)],
+            meta={
+                "source": str(video.resolve()),
+                "generator": "avatar_lightning.stages.ingest",
+                "version": __version__,
+                "ingest": {"container": info.container, "codec": info.codec, "source_size": [info.width, info.height],
+                           "crop": crop, "size": size, "intrinsics": "approximate: f = 1.2 max(W, H), centred"},
+            },
+        )
+        boxes = np.zeros((num_frames, 3), dtype=np.float32) if crop else None
+        written = 0
+        with cache.array_writer(f"cameras/{CAMERA}/frames", (num_frames, height, width, 3), np.uint8, stage=STAGE,
+                                per_frame=True) as frames:
+            buffer: list[np.ndarray] = []
+            for image in _frames(video, width, height, crop, info.fps, boxes, strict):
+                if written + len(buffer) >= num_frames:
+                    raise VideoError(f"{video} yielded more frames than the {num_frames} counted; did it change?")
+                buffer.append(image)
+                if len(buffer) == chunk:
+                    frames[written : written + chunk] = np.stack(buffer)
+                    written += chunk
+                    buffer.clear()
+                    report("write frames", written, num_frames)
+            if buffer:
+                frames[written : written + len(buffer)] = np.stack(buffer)
+                written += len(buffer)
+            if written != num_frames:
+                raise VideoError(f"{video} yielded {written} frames, {num_frames} were counted; did it change?")
+            report("write frames", written, num_frames)
+        if boxes is not None:
+            cache.write_array(f"cameras/{CAMERA}/crop_boxes", boxes, stage=STAGE, per_frame=True)
+        _commit(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CaptureCache(out)
+
+
+def _commit(staging: Path, out: Path) -> None:
+    """Move the finished cache into place; an old cache at ``out`` is moved aside first and then removed."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.replace(old / "cache")
+    staging.replace(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    parser = argparse.ArgumentParser(
+        prog="python -m avatar_lightning ingest",
+        description="Turn a driving video (mp4, mov, avi, webm, ...) into a one-camera capture cache: frames, fps, "
+                    "one test sequence 'drive'. Streams: memory stays flat in the video's length.",
+    )
+    parser.add_argument("--video", required=True, help="the video file")
+    parser.add_argument("--out", required=True, help="capture cache folder to create")
+    parser.add_argument("--crop", action="store_true",
+                        help="crop each frame around the face (DECA's square box, smoothed over time)")
+    parser.add_argument("--size", type=int,
+                        help="output size: the square crop's side with --crop (default 512), else the longer side "
+                             "(default: the video's own size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    parser.add_argument("--ignore-decode-errors", action="store_true",
+                        help="accept a video whose decoding reports damage (concealed frames may hold garbage)")
+    args = parser.parse_args(argv)
+    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total or None)
+            bar.update(tasks[what], completed=done, total=total or None)
+
+        cache = ingest_video(args.video, args.out, crop=args.crop, size=args.size, overwrite=args.overwrite,
+                             strict=not args.ignore_decode_errors, progress=progress)
+    print(cache.describe())
+    return 0

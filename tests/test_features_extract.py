@@ -1,0 +1,141 @@
+"""Extraction over a capture: Lightning predict, frame order and resets, faceless frames filled, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.cli import main
+from avatar_lightning.features import FeatureBatch, FeatureExtractor, FeatureOutput, available_extractors, base
+from avatar_lightning.features.extract import covering_spans, fill_and_normalise, interpolate_invalid
+from avatar_lightning.stages.features import extract_features
+from datamodules import ContiguousSampler
+from tests.features_fixtures import blank, frames_cache, moving_face_frames
+
+
+class Recorder(FeatureExtractor):
+    """A toy extractor: the frame's mean intensity and its index; logs the frames it sees and its resets."""
+
+    name = "recorder"
+    uses_accelerator = False
+    log: list = []
+
+    @property
+    def outputs(self) -> tuple[FeatureOutput, ...]:
+        return (FeatureOutput("recorder", 2, "mean intensity, then the same plus one"),)
+
+    def forward(self, frames: Tensor) -> FeatureBatch:
+        mean = frames.float().mean((1, 2, 3))
+        self.log.append(("frames", len(frames)))
+        valid = mean > 100  # the tiny cache's random frames average ~127.5; darkened ones fail
+        return FeatureBatch({"recorder": torch.stack([mean, mean + 1], 1)}, valid)
+
+    def reset(self) -> None:
+        self.log.append(("reset", 0))
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> type[Recorder]:
+    monkeypatch.setitem(base._REGISTERED, "recorder", lambda **options: Recorder(**options))
+    Recorder.log = []
+    return Recorder
+
+
+def test_registry() -> None:
+    assert {"mediapipe", "deca"} <= set(available_extractors())
+    with pytest.raises(CacheError, match="unknown feature extractor 'nope'"):
+        base.build_extractor("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        base.register_extractor("mediapipe", Recorder)
+
+
+def test_contiguous_blocks_per_rank() -> None:
+    data = list(range(10))
+    blocks = [list(ContiguousSampler(data, 3, r)) for r in range(3)]  # type: ignore[arg-type]
+    assert blocks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert list(ContiguousSampler(data)) == data  # type: ignore[arg-type]
+
+
+def test_interpolation_and_mean() -> None:
+    values = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, 10.0]], np.float32)
+    valid = np.ones(10, bool)
+    valid[[0, 3, 4, 9]] = False
+    filled = values.copy()
+    filled[[0, 3, 4, 9]] = -5
+    interpolate_invalid(filled, valid, 0, 9)
+    expected = values.copy()
+    expected[0], expected[9] = values[1], values[8]  # held at the ends
+    np.testing.assert_allclose(filled, expected)  # linear inside: the ramp comes back exactly
+    arrays = {"features/x": filled.copy(), "features/x.valid": valid}
+    fill_and_normalise(arrays, ["x"], [(0, 4), (5, 9)], relative="sequence")
+    for a, b in [(0, 4), (5, 9)]:
+        np.testing.assert_allclose(arrays["features/x"][a : b + 1][valid[a : b + 1]].mean(0), 0, atol=1e-5)
+    none = {"features/x": np.ones((4, 2), np.float32), "features/x.valid": np.zeros(4, bool)}
+    fill_and_normalise(none, ["x"], [(0, 3)], relative="capture")
+    assert not none["features/x"].any()  # a sequence without any face: zeros, never a crash
+    assert covering_spans([(2, 4), (7, 8)], 12) == [(0, 1), (2, 4), (5, 6), (7, 8), (9, 11)]
+
+
+def test_predict_resets_at_every_sequence(tiny_cache: CaptureCache, recorder: type[Recorder]) -> None:
+    frames = tiny_cache.read("cameras/front/frames")
+    frames[[3, 4, 20]] //= 4  # "no face" in three frames
+    tiny_cache.write_array("cameras/front/frames", frames, stage="test", per_frame=True)
+    summary = extract_features(str(tiny_cache.root), "recorder", batch_size=7, progress=False)
+    cache = CaptureCache(tiny_cache.root)
+    valid = cache.read("features/recorder.valid")
+    assert np.flatnonzero(~valid).tolist() == [3, 4, 20]
+    assert summary["recorder"]["frames_without_face"] == 3
+    assert summary["recorder"]["frames_without_face_per_span"] == {"0..14": 2, "15..29": 1}
+    values, means = cache.read("features/recorder"), frames.astype(np.float32).mean((1, 2, 3))
+    np.testing.assert_allclose(values[valid, 0], means[valid], rtol=1e-5)
+    np.testing.assert_allclose(values[3], values[2] + (values[5] - values[2]) / 3, rtol=1e-5)  # interpolated
+    resets = sum(1 for kind, _ in Recorder.log if kind == "reset")
+    assert resets == len(cache.sequences)  # one at each of the 5 sequence starts, batches spanning them split
+    assert sum(n for kind, n in Recorder.log if kind == "frames") == 60
+    assert cache.manifest.meta["features"]["recorder"]["camera"] == "front"
+    assert cache.record("features/recorder").stage == "features"
+
+
+def test_mediapipe_stage_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    frames = moving_face_frames(8, size=160)
+    frames[3], frames[4] = blank(160), blank(160, value=30)
+    cache = frames_cache(tmp_path / "cache", frames, [SequenceRecord("a", 0, 5, "train"),
+                                                      SequenceRecord("b", 6, 7, "test")])
+    assert main(["features", "--cache", str(cache.root), "--extractor", "mediapipe", "--batch-size", "3",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "features/mediapipe float32[8, 1434]" in out and "no face in 2 of 8 frames" in out
+    cache.reload()
+    valid = cache.read("features/mediapipe.valid")
+    assert valid.tolist() == [True, True, True, False, False, True, True, True]
+    x = cache.read("features/mediapipe")
+    np.testing.assert_allclose(x[3], x[2] + (x[5] - x[2]) / 3, rtol=1e-4, atol=1e-5)
+    meta = cache.manifest.meta["features"]["mediapipe"]
+    assert meta["dim"] == 1434 and meta["frames_without_face"] == 2 and "Procrustes" in meta["layout"]
+    # Mean-relative over the capture: the valid rows average to zero; the validity mask is unchanged.
+    assert main(["features", "--cache", str(cache.root), "--extractor", "mediapipe", "--relative", "capture",
+                 "--no-progress"]) == 0
+    cache.reload()
+    np.testing.assert_allclose(cache.read("features/mediapipe")[valid].mean(0), 0, atol=1e-5)
+    assert cache.manifest.meta["features"]["mediapipe"]["relative"] == "capture"
+    assert not list(cache.root.rglob("*.tmp")) and not (cache.root / ".shards").exists()
+
+
+def test_stage_errors_are_clean(tiny_cache: CaptureCache, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("AVATAR_LIGHTNING_DECA", raising=False)
+    root = str(tiny_cache.root)
+    assert main(["features", "--cache", str(tmp_path / "absent"), "--extractor", "mediapipe"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["features", "--cache", root, "--extractor", "mediapipe", "--camera", "side"]) == 2
+    assert "no camera 'side'" in capsys.readouterr().err
+    assert main(["features", "--cache", root, "--extractor", "deca"]) == 2
+    err = capsys.readouterr().err
+    assert "deca_model.tar" in err and "--checkpoint" in err
+    assert not CaptureCache(root).names("features/deca*")
