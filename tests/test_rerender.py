@@ -258,24 +258,16 @@ def _fit_and_score(rendered: CaptureCache, tmp_path: Path, steps: int) -> tuple[
     return before, _mask_iou(model, data.datasets["test"]), seconds
 
 
-@pytest.mark.slow
 def test_unsupervised_mask_matches_the_true_foreground(rendered: CaptureCache, tmp_path: Path, one_thread: None
                                                        ) -> None:
-    """Paper §4: α + β separates the actor from the background, learned from frames alone (IoU >= 0.8)."""
+    """Paper §4: α + β separates the actor from the background, learned from frames alone (IoU >= 0.8).
+
+    300 seeded single-thread steps (about a minute on 2 CPU cores); the mesh's own coverage scores ~0.5, since
+    hair and neck are not in the template.
+    """
     before, after, seconds = _fit_and_score(rendered, tmp_path, steps=300)
     print(f"mask IoU {before:.3f} -> {after:.3f} after 300 steps in {seconds:.0f} s")
     assert before < 0.5 and after >= 0.8, f"mask IoU {before:.3f} -> {after:.3f}"
-
-
-def test_unsupervised_mask_emerges_quickly(rendered: CaptureCache, tmp_path: Path, one_thread: None) -> None:
-    """The default-set variant: 200 steps (~1 min) already put the mask far beyond the mesh's own coverage (~0.5).
-
-    200 steps reached IoU 0.80-0.84 in development runs (thread count changes the numbers), too close to the
-    paper-claim bar for a fast test; the slow test above checks 0.8 after 300 steps.
-    """
-    before, after, seconds = _fit_and_score(rendered, tmp_path, steps=200)
-    print(f"mask IoU {before:.3f} -> {after:.3f} after 200 steps in {seconds:.0f} s")
-    assert before < 0.5 and after >= 0.7, f"mask IoU {before:.3f} -> {after:.3f}"
 
 
 # ---------------------------------------------------------------------------------------------- the CLI
