@@ -24,13 +24,12 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import timed  # a sibling module: benchmarks run as `python benchmarks/X.py`
 
 from avatar_lightning.render import (
     Cameras,
@@ -54,25 +53,6 @@ def tune_malloc() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 40))
-
-
-def timed(fn: Callable[[], object], device: torch.device, min_time: float, max_repeats: int) -> tuple[float, float]:
-    """Median and best seconds per call after one warm-up call (best: least disturbed by other load)."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def scene(triangles: int, size: int, batch: int, device: torch.device):

@@ -18,12 +18,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _timing import timed  # a sibling module: benchmarks run as `python benchmarks/X.py`
 
 from avatar_lightning.compose import compose
 from avatar_lightning.nets.unet import UNet
@@ -31,25 +31,6 @@ from avatar_lightning.render import Cameras, RasterSettings, ellipsoid_mesh, get
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "rerender.json"
 NETWORK = {"in_channels": 4, "out_channels": 6, "depth": 5, "width": 32, "max_width": 256, "norm": "group"}
-
-
-def timed(fn: Callable[[], object], device: torch.device, min_time: float, max_repeats: int) -> tuple[float, float]:
-    """Median and best seconds per call after one warm-up call."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def mesh_frame(size: int, device: torch.device) -> Callable[[], object]:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.cache import CacheError
+from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
 
@@ -129,18 +130,6 @@ class HeadVAE(pl.LightningModule):
     def _adversarial_on(self) -> bool:
         return self.discriminator is not None and int(self.generator_steps) >= self.hparams.adversarial_start
 
-    def _generator_adversarial(self, fake_logits: Tensor) -> Tensor:
-        if self.hparams.adversarial_loss == "hinge":
-            return -fake_logits.mean()
-        return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
-
-    def _discriminator_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-        if self.hparams.adversarial_loss == "hinge":
-            return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        return F.mse_loss(real_logits, torch.ones_like(real_logits)) + F.mse_loss(
-            fake_logits, torch.zeros_like(fake_logits)
-        )
-
     def _reconstruction_losses(
         self, texture: Tensor, blend: Tensor, recon: Tensor, blend_out: Tensor, mu: Tensor, log_var: Tensor
     ) -> dict[str, Tensor]:
@@ -167,7 +156,7 @@ class HeadVAE(pl.LightningModule):
         )
         adversarial = self._adversarial_on()
         if adversarial:
-            losses["g_adv"] = self._generator_adversarial(self.discriminator(recon))
+            losses["g_adv"] = generator_loss(self.discriminator(recon), self.hparams.adversarial_loss)
             loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -178,7 +167,9 @@ class HeadVAE(pl.LightningModule):
             opt_d = optimizers[1]
             opt_d.zero_grad(set_to_none=True)
             if adversarial:  # the discriminator learns alongside the generator once the term is on
-                d_loss = self._discriminator_loss(self.discriminator(texture), self.discriminator(recon.detach()))
+                d_loss = discriminator_loss(
+                    self.discriminator(texture), self.discriminator(recon.detach()), self.hparams.adversarial_loss
+                )
                 self.manual_backward(d_loss)
                 losses["d_loss"] = d_loss.detach()
             # Stepped every batch (a no-op without gradients) so global_step is always 2 per batch.

@@ -19,6 +19,7 @@ from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.compose import Composition, compose
+from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
 from avatar_lightning.nets.unet import UNet
@@ -128,9 +129,7 @@ class Rerenderer(pl.LightningModule):
                 + self.hparams.perceptual_weight * losses.get("lpips", 0.0))
         adversarial = self._adversarial_on()
         if adversarial:
-            fake = self.discriminator(out.i_out)
-            hinge = self.hparams.adversarial_loss == "hinge"
-            losses["g_adv"] = -fake.mean() if hinge else F.mse_loss(fake, torch.ones_like(fake))
+            losses["g_adv"] = generator_loss(self.discriminator(out.i_out), self.hparams.adversarial_loss)
             loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -142,10 +141,7 @@ class Rerenderer(pl.LightningModule):
             opt_d.zero_grad(set_to_none=True)
             if adversarial:
                 real, fake = self.discriminator(frame), self.discriminator(out.i_out.detach())
-                if self.hparams.adversarial_loss == "hinge":
-                    d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-                else:
-                    d_loss = F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake))
+                d_loss = discriminator_loss(real, fake, self.hparams.adversarial_loss)
                 self.manual_backward(d_loss)
                 losses["d_loss"] = d_loss.detach()
             opt_d.step()  # every batch (a no-op without gradients), so global_step is always 2 per batch
