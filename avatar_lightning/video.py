@@ -130,7 +130,13 @@ def iter_frames(path: str | os.PathLike[str], check_length: bool = True, strict:
     with contextlib.closing(_open(path)) as container, _decoder_errors() as logs:
         info = _info(container, path)
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame threading: several frames decoded in parallel
+        if strict:
+            # FFmpeg's log callback re-enters Python; called from a decoder worker thread it can deadlock
+            # against this thread, which holds the GIL while waiting for that worker (seen in CI). While we
+            # capture the log, decode on this thread alone.
+            stream.thread_count = 1
+        else:
+            stream.thread_type = "AUTO"  # frame threading: several frames decoded in parallel
         count = 0
         try:
             for frame in container.decode(stream):
