@@ -50,6 +50,8 @@ STAGES: dict[str, Stage] = {
                      "avatar_lightning.stages.inspect:main"),
     "ingest": Stage("turn a driving video (mp4, mov, avi, webm) into a one-camera capture cache",
                     "avatar_lightning.stages.ingest:main"),
+    "compare": Stage("one table (markdown, CSV) and plots (PNG) of animator runs' held-out scores beside baselines",
+                     "avatar_lightning.stages.compare:main"),
     "features": Stage("write person-independent expression features (mediapipe, deca) of every frame",
                       "avatar_lightning.stages.features:main"),
 }
@@ -102,6 +104,11 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
                 extra.append(RichProgressBar())
             config["logger"] = _with_csv_logger(config.get("logger"), config.get("default_root_dir") or "runs")
             return self._instantiate_trainer(config, extra)
+
+        def after_fit(self) -> None:
+            """Models that ask for it (the animator) are scored on the held-out split right after training."""
+            if getattr(self.model, "test_after_fit", False) and not self.trainer.interrupted:
+                self.trainer.test(self.model, datamodule=self.datamodule)
 
     def _with_csv_logger(logger: Any, save_dir: str) -> Any:
         """CSV logs always: whatever else a config adds, metrics land in a plain ``metrics.csv`` too."""

@@ -76,3 +76,36 @@ class WindowRegressor(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def make_expression_cache(root: Path, seed: int = 0, feature_dim: int = 24, expression_dim: int = 5,
+                          latent_dim: int = 8, invalid_fraction: float = 0.05) -> tuple[CaptureCache, np.ndarray]:
+    """A small capture whose features and latents are two views of one hidden expression trajectory.
+
+    Per frame a smooth expression ``e (E,)`` drives person-independent features ``x = tanh(e A) + noise`` and the
+    avatar's latents ``z = e B + noise``: the animator's problem with the truth known, learnable in seconds. A few
+    frames per sequence have no face (``valid`` False, garbage values). Four 60-frame training sequences, a
+    30-frame validation one and a 60-frame test one. Returns the cache and ``B`` (expression -> latent).
+    """
+    rng = np.random.default_rng(seed)
+    sequences = [SequenceRecord(f"train_{i}", 60 * i, 60 * i + 59, "train") for i in range(4)]
+    sequences += [SequenceRecord("val", 240, 269, "val"), SequenceRecord("test", 270, 329, "test")]
+    num_frames = sequences[-1].last + 1
+    steps = rng.standard_normal((num_frames, expression_dim)) * 0.35
+    expression = np.zeros_like(steps)
+    for seq in sequences:  # a damped random walk per sequence: smooth, mean-reverting expressions
+        for t in range(seq.first, seq.last + 1):
+            previous = expression[t - 1] if t > seq.first else rng.standard_normal(expression_dim) * 0.5
+            expression[t] = 0.85 * previous + steps[t]
+    mixing = rng.standard_normal((expression_dim, feature_dim)) / np.sqrt(expression_dim)
+    to_latent = rng.standard_normal((expression_dim, latent_dim)) / np.sqrt(expression_dim)
+    x = np.tanh(expression @ mixing) + 0.05 * rng.standard_normal((num_frames, feature_dim))
+    z = expression @ to_latent + 0.02 * rng.standard_normal((num_frames, latent_dim))
+    valid = rng.random(num_frames) >= invalid_fraction
+    x[~valid] = rng.standard_normal((int((~valid).sum()), feature_dim)) * 5  # what a failed tracker leaves
+    cache = CaptureCache.create(root, fps=25.0, num_frames=num_frames, sequences=sequences,
+                                cameras=[tiny_camera()], meta={"generator": "tests.helpers.make_expression_cache"})
+    cache.write_array("features/expression", x.astype(np.float32), stage="test-fixture", per_frame=True)
+    cache.write_array("features/expression.valid", valid, stage="test-fixture", per_frame=True)
+    cache.write_array("latents/head_vae", z.astype(np.float32), stage="test-fixture", per_frame=True)
+    return cache, to_latent

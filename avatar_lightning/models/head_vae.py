@@ -123,6 +123,10 @@ class HeadVAE(pl.LightningModule):
         """``z (B, Z)`` -> ``texture (B, 3, T, T)`` in [0, 1], ``blend_weights (B, K)``."""
         return self.vae.decoder(z)
 
+    def decode_blend_weights(self, z: Tensor) -> Tensor:
+        """``z (B, Z)`` -> ``blend_weights (B, K)`` alone: the geometry head, without the texture decoder's cost."""
+        return self.vae.decoder.blend(z)
+
     def _kl_weight(self) -> float:
         warmup = max(self.hparams.kl_warmup_steps, 1)
         return self.hparams.kl_weight * min(1.0, int(self.generator_steps) / warmup)

@@ -60,6 +60,20 @@ def encode_cache(
     return cache.array(f"latents/{name}")
 
 
+def record_latent_source(cache: CaptureCache, name: str, checkpoint: str | Path) -> None:
+    """Remember which head VAE wrote ``latents/<name>``, so the animator's scoring can decode with the same one."""
+    cache.reload()
+    recorded = dict(cache.manifest.meta.get("latents", {}))
+    recorded[name] = {"checkpoint": str(Path(checkpoint).resolve())}
+    cache.set_meta(latents=recorded)
+
+
+def latent_source(cache: CaptureCache, name: str) -> Path | None:
+    """The head VAE checkpoint :func:`record_latent_source` noted for ``latents/<name>``, if any."""
+    entry = cache.manifest.meta.get("latents", {}).get(name)
+    return Path(entry["checkpoint"]) if entry and entry.get("checkpoint") else None
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning encode", description="Write every frame's head-VAE latent z into the cache."
@@ -75,5 +89,6 @@ def main(argv: Sequence[str]) -> int:
     model = load_head_vae(args.ckpt)
     with Progress() as progress:
         latents = encode_cache(model, cache, args.name, args.batch_size, progress)
+    record_latent_source(cache, args.name, args.ckpt)
     print(f"wrote latents/{args.name} {list(latents.shape)} to {cache.root}")
     return 0
