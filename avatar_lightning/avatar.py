@@ -1,0 +1,175 @@
+"""An avatar folder: everything ``animate`` needs, loadable on a machine without the training cache.
+
+Layout (``avatar.json`` lists every piece; ``python -m avatar_lightning export`` writes it)::
+
+    avatar.json             format version, feature extractor and its settings, fps, cameras, default pose
+    head_vae.ckpt           HeadVAE: z -> blend weights, UV texture
+    rerender.ckpt           Rerenderer: I_orig -> I_corr, alpha, beta, gamma
+    animator.ckpt           Animator: features -> z (its feature normalisation is in the checkpoint's buffers)
+    template.npz            the head template: vertices, triangles, uvs, uv_triangles, blend_basis
+    clean_plates/<cam>.png  each capture camera's empty background
+
+The folder is written under a temporary name and renamed, so a failed export never leaves a folder that looks
+complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
+from avatar_lightning.render import Mesh
+
+FORMAT = "avatar_lightning.avatar"
+VERSION = 1
+MANIFEST = "avatar.json"
+CHECKPOINTS = {"head_vae": "head_vae.ckpt", "rerender": "rerender.ckpt", "animator": "animator.ckpt"}
+TEMPLATE = "template.npz"
+TEMPLATE_ARRAYS = ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis")
+EXPORT_HINT = "write a complete one with `python -m avatar_lightning export`"
+
+
+def _load_checkpoint(kind: str, path: Path) -> torch.nn.Module:
+    from avatar_lightning.models.animator import Animator
+    from avatar_lightning.models.head_vae import HeadVAE
+    from avatar_lightning.models.rerender import Rerenderer
+
+    classes = {"head_vae": HeadVAE, "rerender": Rerenderer, "animator": Animator}
+    if not path.is_file():
+        raise CacheError(f"{path} does not exist: the {kind} checkpoint is missing")
+    try:
+        model = classes[kind].load_from_checkpoint(path, map_location="cpu", weights_only=False)
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        raise CacheError(f"{path} is not a {classes[kind].__name__} checkpoint ({type(err).__name__}: {err})") from None
+    return model.eval()
+
+
+@dataclass
+class Avatar:
+    """A loaded avatar: three trained models, the head template, capture cameras and their clean plates."""
+
+    root: Path
+    info: dict[str, Any]
+    head_vae: Any
+    rerenderer: Any
+    animator: Any
+    mesh: Mesh
+    cameras: list[CameraRecord]
+    plates: dict[str, np.ndarray]
+
+    @property
+    def features(self) -> str:
+        """The feature output the animator reads (``features/<name>`` of a driving cache)."""
+        return str(self.animator.hparams.features)
+
+    @property
+    def extractor(self) -> str:
+        return str(self.info["features"]["extractor"])
+
+    @property
+    def relative(self) -> str:
+        return str(self.info["features"].get("relative", "none"))
+
+    def camera(self, name: str | None) -> CameraRecord:
+        if name is None:
+            return self.cameras[0]
+        for record in self.cameras:
+            if record.name == name:
+                return record
+        raise CacheError(f"{self.root}: no camera {name!r}; the avatar has {[c.name for c in self.cameras]}")
+
+    def to(self, device: torch.device) -> Avatar:
+        for model in (self.head_vae, self.rerenderer, self.animator):
+            model.to(device)
+        self.mesh = self.mesh.to(device)
+        return self
+
+
+def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, rerender: str | Path,
+                  animator: str | Path, overwrite: bool = False) -> Path:
+    """Write the avatar folder ``out`` from a training cache and the three checkpoints; returns ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CacheError(f"{out} exists; pass --overwrite to replace it")
+    sources = {"head_vae": Path(head_vae), "rerender": Path(rerender), "animator": Path(animator)}
+    models = {kind: _load_checkpoint(kind, path) for kind, path in sources.items()}  # refuse foreign files early
+    features = models["animator"].hparams.features
+    recorded = cache.manifest.meta.get("features", {}).get(features)
+    if recorded is None:
+        raise CacheError(f"{cache.root}: no record of how features/{features} were extracted; run "
+                         f"`python -m avatar_lightning features --cache {cache.root}` first")
+    if models["head_vae"].hparams.latent_dim != models["animator"].hparams.latent_dim:
+        raise CacheError(f"the animator predicts {models['animator'].hparams.latent_dim}-d latents but the head VAE "
+                         f"takes {models['head_vae'].hparams.latent_dim}: they were not trained together")
+    staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "clean_plates").mkdir(parents=True)
+    for kind, path in sources.items():
+        shutil.copyfile(path, staging / CHECKPOINTS[kind])
+    template = {name: cache.read(f"template/{name}") for name in TEMPLATE_ARRAYS if cache.has(f"template/{name}")}
+    np.savez(staging / TEMPLATE, **template)
+    plates = {}
+    for record in cache.cameras:
+        plate = cache.read(f"cameras/{record.name}/clean_plate")
+        plates[record.name] = f"clean_plates/{record.name}.png"
+        cv2.imwrite(str(staging / plates[record.name]), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
+    pose = cache.read("tracking/pose")
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "source_cache": str(cache.root.resolve()),
+        "fps": cache.fps,
+        "features": {"output": features, **{k: v for k, v in recorded.items() if k != "frames_without_face_per_span"}},
+        "default_pose": np.asarray(pose[train]).mean(axis=0).tolist(),  # the actor's average head pose
+        "cameras": [{"name": c.name, "K": c.K, "R": c.R, "t": c.t, "width": c.width, "height": c.height}
+                    for c in cache.cameras],
+        "files": {**CHECKPOINTS, "template": TEMPLATE, "clean_plates": plates},
+    }
+    (staging / MANIFEST).write_text(json.dumps(info, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
+def load_avatar(root: str | Path) -> Avatar:
+    """Load an avatar folder; a missing or foreign piece is a :class:`CacheError` naming it."""
+    root = Path(root)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise CacheError(f"{root} is not an avatar folder: {MANIFEST} is missing; {EXPORT_HINT}")
+    try:
+        info = json.loads(manifest.read_text())
+    except json.JSONDecodeError as err:
+        raise CacheError(f"{manifest} is not valid JSON ({err}); {EXPORT_HINT}") from None
+    if info.get("format") != FORMAT or info.get("version") != VERSION:
+        raise CacheError(f"{manifest}: not a version-{VERSION} avatar ({info.get('format')!r} "
+                         f"v{info.get('version')!r}); {EXPORT_HINT}")
+    files = info.get("files", {})
+    missing = [str(root / files.get(kind, name)) for kind, name in {**CHECKPOINTS, "template": TEMPLATE}.items()
+               if not (root / files.get(kind, name)).is_file()]
+    missing += [str(root / p) for p in files.get("clean_plates", {}).values() if not (root / p).is_file()]
+    if missing:
+        raise CacheError(f"avatar {root} is incomplete: missing {', '.join(missing)}; {EXPORT_HINT}")
+    models = {kind: _load_checkpoint(kind, root / files[kind]) for kind in CHECKPOINTS}
+    with np.load(root / files["template"]) as template:
+        arrays = {k: torch.from_numpy(template[k]) for k in template.files}
+    mesh = Mesh(vertices=arrays["vertices"], triangles=arrays["triangles"], uvs=arrays["uvs"],
+                uv_triangles=arrays.get("uv_triangles"), blend_basis=arrays["blend_basis"])
+    plates = {name: cv2.cvtColor(cv2.imread(str(root / path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+              for name, path in files["clean_plates"].items()}
+    cameras = [CameraRecord(**c) for c in info["cameras"]]
+    if models["animator"].hparams.features != info["features"]["output"]:
+        raise CacheError(f"{manifest}: the animator reads {models['animator'].hparams.features!r} but the avatar "
+                         f"lists features {info['features']['output']!r}; {EXPORT_HINT}")
+    return Avatar(root, info, models["head_vae"], models["rerender"], models["animator"], mesh, cameras, plates)

@@ -1,0 +1,221 @@
+"""``python -m avatar_lightning animate``: a driving video of anyone in, the actor's avatar performing it out.
+
+The chain per frame: features (the extractor the animator was trained on, with the same settings) -> animator
+(zero residual; streaming, with a bounded look-ahead of ``window - 1`` frames: each frame's latent averages every
+8-frame window that contains it, as in training and scoring) -> head VAE decoder (blend weights, UV texture) ->
+mesh deformed and posed -> rasterised from a capture camera or an orbiting novel view -> re-render U-Net ->
+composited (alpha and beta over the clean plate or a user background) -> H.264 mp4 through PyAV.
+
+The driving video is first ingested into a one-camera cache (frames and features on disk, under ``--work``), then
+frames flow through in chunks: memory stays flat in the video's length. Frames without a face keep features
+interpolated from their neighbours (the features stage does that) and are rendered like the others; their
+count is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+
+from avatar_lightning.avatar import Avatar, load_avatar
+from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
+from avatar_lightning.features.extract import feature_array, valid_array
+from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
+from avatar_lightning.video import VideoWriter
+
+ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
+ORBIT_SECONDS = 4.0  # one swing left and back
+
+
+def frames_array(cache: CaptureCache) -> str:
+    """The driving cache's one camera's frames."""
+    return f"cameras/{cache.cameras[0].name}/frames"
+
+
+@dataclass
+class AnimationReport:
+    """What ``animate`` did: counts a user should see, and its speed."""
+
+    frames: int
+    frames_without_face: int
+    fps: float
+    seconds: float
+    out: Path
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+def orbit_cameras(record: CameraRecord, centre: Tensor, frames: Sequence[int], fps: float) -> Cameras:
+    """Novel views swinging about the head's vertical axis, at the capture camera's distance and focal length."""
+    R, t = torch.tensor(record.R, dtype=torch.float32), torch.tensor(record.t, dtype=torch.float32)
+    eye0 = -(R.T @ t) - centre
+    angles = torch.tensor([math.radians(ORBIT_DEGREES) * math.sin(2 * math.pi * f / (ORBIT_SECONDS * fps))
+                           for f in frames])
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    eyes = torch.stack([cos * eye0[0] + sin * eye0[2], eye0[1].expand_as(cos), -sin * eye0[0] + cos * eye0[2]], 1)
+    return Cameras.look_at(eyes + centre, centre, width=record.width, height=record.height, focal=record.K[0][0])
+
+
+class AvatarRenderer:
+    """Latents ``z (B, Z)`` -> composited frames ``(B, H, W, 3) uint8`` from one capture camera or an orbit."""
+
+    def __init__(self, avatar: Avatar, camera: str | None = None, orbit: bool = False,
+                 background: np.ndarray | None = None, fps: float = 25.0, device: torch.device | None = None) -> None:
+        self.avatar, self.orbit, self.fps = avatar, orbit, fps
+        self.device = device or torch.device("cpu")
+        self.record = avatar.camera(camera)
+        self.pose = torch.tensor(avatar.info["default_pose"], dtype=torch.float32, device=self.device)
+        size = (self.record.height, self.record.width)
+        if background is not None:
+            plate = cv2.resize(background, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        elif orbit:  # a capture camera's plate does not match a novel view: a neutral backdrop
+            plate = np.full((*size, 3), 128, dtype=np.uint8)
+        else:
+            plate = avatar.plates[self.record.name]
+        self.plate = torch.from_numpy(np.ascontiguousarray(plate)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        self.settings = RasterSettings()
+        self.rasterizer = get_rasterizer(self.settings.backend, self.device)
+        self.camera = Cameras.from_dict(self.record).to(self.device)
+
+    @torch.no_grad()
+    def render(self, z: Tensor, frames: Sequence[int]) -> np.ndarray:
+        texture, blend = self.avatar.head_vae.decode(z.to(self.device))
+        pose = self.pose.expand(len(z), 6)
+        vertices = self.avatar.mesh.deform(blend, pose)
+        cameras = (orbit_cameras(self.record, pose[0, 3:].cpu(), frames, self.fps).to(self.device)
+                   if self.orbit else self.camera)
+        i_orig, coverage = render_textured(self.avatar.mesh, vertices, texture.permute(0, 2, 3, 1), cameras,
+                                           self.settings, self.rasterizer)
+        i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
+        out = self.avatar.rerenderer(i_orig, self.plate, coverage)
+        image = out.alpha * i_orig + out.beta * out.i_corr + out.gamma * self.plate  # eq. 1 over this background
+        return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def stream_latents(avatar: Avatar, features: np.ndarray, chunk: int) -> Iterator[tuple[int, Tensor]]:
+    """``(first frame, latents (B, Z))`` in chunks, reading features chunk by chunk through the animator's stream."""
+    stream = avatar.animator.stream()
+    pending: list[Tensor] = []
+    emitted = 0
+    for start in range(0, len(features), chunk):
+        x = torch.from_numpy(np.asarray(features[start : start + chunk], dtype=np.float32))
+        for row in x:
+            pending += stream.push(row)
+        while len(pending) >= chunk:
+            yield emitted, torch.stack(pending[:chunk])
+            emitted, pending = emitted + chunk, pending[chunk:]
+    pending += stream.flush()
+    for i in range(0, len(pending), chunk):
+        yield emitted + i, torch.stack(pending[i : i + chunk])
+
+
+def side_by_side(driving: np.ndarray, rendered: np.ndarray) -> np.ndarray:
+    """Driving frames ``(B, h, w, 3)`` scaled to the rendering's height, then the rendering to their right."""
+    height = rendered.shape[1]
+    width = round(driving.shape[2] * height / driving.shape[1])
+    scaled = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in driving])
+    return np.concatenate([scaled, rendered], axis=2)
+
+
+def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera: str | None = None,
+                  orbit: bool = False, with_driving: bool = False, background: np.ndarray | None = None,
+                  chunk: int = 16, progress: Progress | None = None) -> AnimationReport:
+    """Render the avatar performing the driving cache's frames (features already extracted) into ``out``."""
+    name = avatar.features
+    if not driving.has(feature_array(name)):
+        raise CacheError(f"{driving.root}: no {feature_array(name)}; the avatar's animator reads {name!r} features: "
+                         f"`python -m avatar_lightning features --cache {driving.root} --extractor {avatar.extractor}"
+                         f" --relative {avatar.relative}`")
+    features = driving.array(feature_array(name))
+    expected = avatar.animator.hparams.feature_dim
+    if features.shape[1] != expected:
+        raise CacheError(f"{driving.root}: {feature_array(name)} has {features.shape[1]} values per frame but the "
+                         f"avatar's animator was trained on {expected}")
+    valid = np.asarray(driving.array(valid_array(name)), dtype=bool)
+    if not valid.any():
+        raise CacheError(f"{driving.root}: no face was found in any of the {len(valid)} driving frames")
+    frames = driving.array(frames_array(driving)) if with_driving else None
+    renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps)
+    n = len(features)
+    task = progress.add_task("animate", total=n, rate="") if progress else None
+    start_time = time.perf_counter()
+    with VideoWriter(out, fps=driving.fps) as writer:
+        for first, z in stream_latents(avatar, features, chunk):
+            index = list(range(first, first + len(z)))
+            image = renderer.render(z, index)
+            if frames is not None:
+                image = side_by_side(np.asarray(frames[first : first + len(z)]), image)
+            writer.write(image)
+            if progress:
+                rate = (first + len(z)) / (time.perf_counter() - start_time)
+                progress.update(task, completed=first + len(z), rate=f"{rate:.1f} frames/s")
+    return AnimationReport(n, int((~valid).sum()), driving.fps, time.perf_counter() - start_time, Path(out))
+
+
+def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str | Path | None = None,
+                  camera: str | None = None, orbit: bool = False, with_driving: bool = False,
+                  background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True
+                  ) -> AnimationReport:
+    """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``."""
+    from avatar_lightning.stages.features import extract_features
+    from avatar_lightning.stages.ingest import ingest_video
+
+    with tempfile.TemporaryDirectory(prefix="animate-") as temporary:
+        root = Path(work) if work else Path(temporary)
+        cache_dir = root / "driving"
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[rate]}"))
+        with Progress(*columns, disable=not show_progress) as progress:
+            if not (cache_dir / "manifest.json").is_file():
+                ingest_video(video, cache_dir, overwrite=True)
+            driving = CaptureCache(cache_dir)
+            if not driving.has(feature_array(avatar.features)):
+                extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
+            return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
+                                 chunk, progress)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m avatar_lightning animate",
+        description="Animate an avatar (from `export`) with a driving video of any person; writes an mp4.",
+    )
+    parser.add_argument("--driving", required=True, help="driving video (mp4, mov, avi, webm)")
+    parser.add_argument("--avatar", required=True, help="avatar folder written by `python -m avatar_lightning export`")
+    parser.add_argument("--out", required=True, help="output video, e.g. out.mp4")
+    view = parser.add_mutually_exclusive_group()
+    view.add_argument("--camera", help="render from this capture camera (default: the first)")
+    view.add_argument("--orbit", action="store_true", help="render from a novel view orbiting the head")
+    parser.add_argument("--side-by-side", action="store_true", help="put the driving frame left of the avatar")
+    parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
+    parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
+    parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    background = None
+    if args.background:
+        image = cv2.imread(args.background, cv2.IMREAD_COLOR)
+        if image is None:
+            raise CacheError(f"{args.background}: not a readable image")
+        background = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    avatar = load_avatar(args.avatar)
+    report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
+                           background, args.chunk, not args.no_progress)
+    faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
+                "every frame rendered)" if report.frames_without_face else "")
+    print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
+          f"({report.frames_per_second:.1f} frames/s){faceless}")
+    return 0

@@ -1,0 +1,143 @@
+"""Export an avatar folder, load it back, animate it from a driving video (with faceless frames)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from avatar_lightning.avatar import Avatar, export_avatar, load_avatar
+from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cli import main as cli_main
+from avatar_lightning.models.animator import Animator
+from avatar_lightning.models.head_vae import HeadVAE
+from avatar_lightning.models.rerender import Rerenderer
+from avatar_lightning.stages.animate import animate_video, orbit_cameras
+from avatar_lightning.video import count_frames, probe_video, write_video
+from tests.features_fixtures import blank, moving_face_frames
+
+LATENT_DIM = 8
+
+
+def _save(model: pl.LightningModule, path: Path) -> Path:
+    """Lightning's checkpoint layout, for randomly initialised models (the chain is tested, not their quality)."""
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def avatar_dir(synthetic_tiny: CaptureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from avatar_lightning.stages.features import extract_features
+
+    work = tmp_path_factory.mktemp("avatar")
+    root = work / "actor"
+    shutil.copytree(synthetic_tiny.root, root)
+    extract_features(root, "mediapipe", relative="sequence", batch_size=32, progress=False)
+    cache = CaptureCache(root)
+    torch.manual_seed(0)
+    texture = cache.record("tracking/textures").shape[1]
+    blend = cache.record("tracking/blend_weights").shape[1]
+    vae = _save(HeadVAE(texture_size=texture, num_blend_shapes=blend, latent_dim=LATENT_DIM, width=4,
+                        perceptual_weight=0.0, adversarial_weight=0.0), work / "vae.ckpt")
+    rerender = _save(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
+    animator = _save(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
+                              latent_dim=LATENT_DIM), work / "animator.ckpt")
+    return export_avatar(cache, work / "avatar", vae, rerender, animator)
+
+
+@pytest.fixture
+def driving_video(tmp_path: Path) -> Path:
+    """Another face (the astronaut, moving) for 30 frames, with no face at all in frames 10..14."""
+    frames = moving_face_frames(30, size=96)
+    frames[10:15] = blank(96)
+    return write_video(tmp_path / "driving.mp4", frames, fps=25.0)
+
+
+def test_export_writes_everything_animate_needs(avatar_dir: Path, synthetic_tiny: CaptureCache) -> None:
+    avatar = load_avatar(avatar_dir)
+    assert isinstance(avatar, Avatar)
+    assert (avatar.features, avatar.extractor, avatar.relative) == ("mediapipe", "mediapipe", "sequence")
+    assert [c.name for c in avatar.cameras] == [c.name for c in synthetic_tiny.cameras]
+    for camera in synthetic_tiny.cameras:
+        np.testing.assert_array_equal(avatar.plates[camera.name],
+                                      synthetic_tiny.read(f"cameras/{camera.name}/clean_plate"))
+    torch.testing.assert_close(avatar.mesh.vertices, torch.from_numpy(synthetic_tiny.read("template/vertices")))
+    assert avatar.animator.hparams.latent_dim == avatar.head_vae.hparams.latent_dim == LATENT_DIM
+    assert not list(avatar_dir.parent.glob(".avatar*"))  # no staging folder left behind
+    with pytest.raises(CacheError, match="exists; pass --overwrite"):
+        export_avatar(synthetic_tiny, avatar_dir, *(avatar_dir / f for f in
+                                                    ("head_vae.ckpt", "rerender.ckpt", "animator.ckpt")))
+
+
+def test_animate_renders_every_frame_and_counts_the_faceless(avatar_dir: Path, driving_video: Path,
+                                                             tmp_path: Path) -> None:
+    avatar = load_avatar(avatar_dir)
+    out = tmp_path / "out.mp4"
+    report = animate_video(driving_video, avatar, out, work=tmp_path / "work", with_driving=True,
+                           show_progress=False, chunk=8)
+    assert report.frames == count_frames(out) == 30
+    assert report.frames_without_face >= 5  # the blank frames (held by interpolated features), still rendered
+    info = probe_video(out)
+    assert info.fps == pytest.approx(25.0)
+    camera = avatar.cameras[0]
+    assert (info.height, info.width) == (camera.height, camera.width + round(96 * camera.height / 96))
+    assert not list(tmp_path.glob(".out*"))  # the writer renamed its temporary file
+
+
+def test_animate_command_orbits(avatar_dir: Path, driving_video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "orbit.mp4"
+    code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
+                     "--orbit", "--no-progress"])
+    assert code == 0 and count_frames(out) == 30
+
+
+def test_orbit_keeps_distance_and_looks_at_the_head(avatar_dir: Path) -> None:
+    camera = load_avatar(avatar_dir).cameras[0]
+    centre = torch.tensor([0.0, 0.02, 0.0])
+    cams = orbit_cameras(camera, centre, list(range(100)), fps=25.0)
+    eyes = -(cams.R.transpose(1, 2) @ cams.t[..., None])[..., 0]
+    start = -(torch.tensor(camera.R).T @ torch.tensor(camera.t))
+    distances = (eyes - centre).norm(dim=1)
+    torch.testing.assert_close(distances, (start - centre).norm().expand(100), rtol=1e-4, atol=1e-5)
+    forward = torch.nn.functional.normalize(centre - eyes, dim=1)
+    torch.testing.assert_close(cams.R[:, 2], forward, rtol=1e-4, atol=1e-5)  # the optical axis hits the head
+    a, b = (eyes - centre)[:, [0, 2]], (start - centre)[[0, 2]]
+    swing = torch.rad2deg(torch.atan2(a[:, 0] * b[1] - a[:, 1] * b[0], a @ b))  # signed angle from the start view
+    assert swing.max() - swing.min() == pytest.approx(60.0, abs=1.0)
+
+
+@pytest.mark.parametrize("piece", ["rerender.ckpt", "template.npz", "avatar.json", "clean_plates"])
+def test_an_incomplete_avatar_names_the_missing_piece(avatar_dir: Path, tmp_path: Path, piece: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(avatar_dir, broken)
+    target = broken / piece
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CacheError, match=piece.split(".")[0]):
+        load_avatar(broken)
+
+
+def test_a_foreign_checkpoint_is_refused(avatar_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(avatar_dir, broken)
+    shutil.copyfile(broken / "head_vae.ckpt", broken / "rerender.ckpt")
+    with pytest.raises(CacheError, match="rerender.ckpt is not a Rerenderer checkpoint"):
+        load_avatar(broken)
+
+
+def test_driving_features_of_another_size_are_refused(avatar_dir: Path, tmp_path: Path) -> None:
+    from avatar_lightning.stages.animate import animate_cache
+
+    frames = moving_face_frames(12, size=64)
+    cache = CaptureCache.create(tmp_path / "driving", fps=25.0, num_frames=12,
+                                sequences=[], cameras=[load_avatar(avatar_dir).cameras[0]])
+    cache.write_array(f"cameras/{cache.cameras[0].name}/frames", frames, stage="test", per_frame=True)
+    cache.write_array("features/mediapipe", np.zeros((12, 10), np.float32), stage="test", per_frame=True)
+    cache.write_array("features/mediapipe.valid", np.ones(12, bool), stage="test", per_frame=True)
+    with pytest.raises(CacheError, match="10 values per frame but the avatar's animator was trained on 1434"):
+        animate_cache(load_avatar(avatar_dir), CaptureCache(cache.root), tmp_path / "x.mp4")
+    assert not (tmp_path / "x.mp4").exists()
