@@ -57,51 +57,10 @@ def run_tests(extra: list[str]) -> int:
     return code
 
 
-DEMO_DIR = ROOT / "demo"
-
-
-def _pipeline_so_far(python: Path) -> list[list[str]]:
-    """The main job with the stages that exist today; the `demo` command replaces it once it lands."""
-    actor = DEMO_DIR / "actor"
-    runs = DEMO_DIR / "runs"
-    return [
-        [str(python), "-m", "avatar_lightning", "synth", "--out", str(actor), "--preset", "small"],
-        [str(python), "-m", "avatar_lightning", "fit", "--config", "experiments/head_vae.yaml",
-         f"--data.init_args.cache_dir={actor}", f"--trainer.default_root_dir={runs}",
-         f"--trainer.logger.init_args.save_dir={runs}", "--trainer.max_time=00:00:05:00",
-         "--trainer.val_check_interval=200", "--trainer.limit_val_batches=8",
-         "--model.init_args.kl_warmup_steps=200", "--model.init_args.adversarial_start=250"],
-        [str(python), "-m", "avatar_lightning", "test", "--config", "experiments/head_vae.yaml",
-         f"--data.init_args.cache_dir={actor}", f"--trainer.default_root_dir={runs}",
-         f"--trainer.logger.init_args.save_dir={runs}", "--ckpt_path=LAST"],
-        [str(python), "-m", "avatar_lightning", "encode", "--ckpt", "LAST", "--cache", str(actor),
-         "--name", "head_vae"],
-    ]
-
-
-def _last_checkpoint() -> str:
-    found = sorted((DEMO_DIR / "runs").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit("error: the head VAE wrote no checkpoint")
-    return str(found[-1])
-
-
 def run_demo(extra: list[str]) -> int:
+    """``python -m avatar_lightning demo``: the whole chain on the synthetic actor, report under demo/report/."""
     python = ensure_environment()
-    probe = "from avatar_lightning.cli import STAGES; print('demo' in STAGES)"
-    has_demo = subprocess.run([str(python), "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip() == "True"
-    if has_demo:
-        return subprocess.run([str(python), "-m", "avatar_lightning", "demo", *extra], cwd=ROOT).returncode
-    # Until the one-command demo lands: the synthetic actor, a 5-minute head VAE, its held-out scores, latents.
-    for command in _pipeline_so_far(python):
-        command = [arg.replace("LAST", _last_checkpoint()) if "LAST" in arg else arg for arg in command]
-        print("\n$ " + " ".join(command[1:]), flush=True)
-        code = subprocess.run(command, cwd=ROOT).returncode
-        if code:
-            return code
-    print(f"\ndemo outputs under {DEMO_DIR}: actor/ (capture cache, previews/*.mp4), runs/ (logs, image grids)")
-    return 0
+    return subprocess.run([str(python), "-m", "avatar_lightning", "demo", *extra], cwd=ROOT).returncode
 
 
 def run_setup(extra: list[str]) -> int:

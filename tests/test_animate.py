@@ -9,16 +9,18 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from avatar_lightning.avatar import Avatar, export_avatar, load_avatar
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main as cli_main
+from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.models.animator import Animator
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.models.rerender import Rerenderer
-from avatar_lightning.stages.animate import animate_video, orbit_cameras
+from avatar_lightning.stages.animate import AvatarRenderer, animate_video, orbit_cameras
 from avatar_lightning.video import count_frames, probe_video, write_video
-from tests.features_fixtures import blank, moving_face_frames
+from tests.features_fixtures import blank, face_image, moving_face_frames, rotate_scale
 
 LATENT_DIM = 8
 
@@ -94,6 +96,35 @@ def test_animate_command_orbits(avatar_dir: Path, driving_video: Path, tmp_path:
     code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
                      "--orbit", "--no-progress"])
     assert code == 0 and count_frames(out) == 30
+
+
+def test_animate_follows_the_driving_head(avatar_dir: Path, driving_video: Path, tmp_path: Path) -> None:
+    out = tmp_path / "posed.mp4"
+    code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
+                     "--pose", "driving", "--no-progress", "--chunk", "7"])
+    assert code == 0 and count_frames(out) == 30
+
+
+def test_head_rotation_follows_an_in_plane_turn() -> None:
+    """A face photo turned in the image plane by known angles: the tracked rotation is about the camera axis."""
+    face = face_image(192)
+    holds = [0, 10, -8]
+    frames = np.stack([rotate_scale(face, angle, 1.0) for angle in holds for _ in range(4)])
+    tracker = HeadRotationTracker(smoothing=0.0)
+    rotations = Rotation.from_matrix(tracker(frames)).as_rotvec(degrees=True)
+    tracker.close()
+    for k, angle in enumerate(holds):
+        settled = rotations[4 * k + 3]
+        # cv2 turns counter-clockwise on screen: with y pointing down that is a negative turn about z
+        assert settled[2] == pytest.approx(-angle, abs=2.5), rotations
+        assert np.abs(settled[:2]).max() < 3.0
+    assert tracker.frames_without_face == 0
+
+
+def test_a_still_driving_head_keeps_the_default_pose(avatar_dir: Path) -> None:
+    renderer = AvatarRenderer(load_avatar(avatar_dir))
+    poses = renderer.driven_pose(np.repeat(np.eye(3)[None], 2, axis=0))
+    torch.testing.assert_close(poses, renderer.pose.expand(2, 6), rtol=1e-5, atol=1e-6)
 
 
 def test_orbit_keeps_distance_and_looks_at_the_head(avatar_dir: Path) -> None:

@@ -102,12 +102,12 @@ class FaceMeshTracker:
         return {**self.__dict__, "_mesh": None}
 
 
-def similarity_align(points: np.ndarray, reference: np.ndarray,
-                     subset: tuple[int, ...] = RIGID_LANDMARKS) -> np.ndarray:
-    """Map each ``points (B, L, 3)`` onto ``reference (L, 3)`` by the best similarity on ``subset`` (Umeyama).
+def similarity_transform(points: np.ndarray, reference: np.ndarray, subset: tuple[int, ...] = RIGID_LANDMARKS
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The best similarity mapping each ``points (B, L, 3)`` onto ``reference (L, 3)`` on ``subset`` (Umeyama).
 
-    Rotation (a proper one: reflections are excluded), translation and isotropic scale are fitted in the
-    least-squares sense on the subset and applied to all L points.
+    Returns ``scale (B,)``, ``rotation (B, 3, 3)`` (proper: reflections are excluded), and the subset centroids
+    ``source (B, 1, 3)`` and ``target (3,)``: ``x -> scale R (x - source) + target``, least squares on the subset.
     """
     src = points[:, subset]  # (B, S, 3)
     dst = reference[list(subset)]  # (S, 3)
@@ -121,8 +121,18 @@ def similarity_align(points: np.ndarray, reference: np.ndarray,
     rotation = u @ (d[:, :, None] * vt)  # (B, 3, 3)
     variance = (src_c**2).sum((1, 2)) / len(subset)
     scale = (singular * d).sum(1) / variance  # (B,)
-    centred = points - src_mean
-    return scale[:, None, None] * np.einsum("bij,blj->bli", rotation, centred) + dst_mean
+    return scale, rotation, src_mean, dst_mean
+
+
+def similarity_align(points: np.ndarray, reference: np.ndarray,
+                     subset: tuple[int, ...] = RIGID_LANDMARKS) -> np.ndarray:
+    """Map each ``points (B, L, 3)`` onto ``reference (L, 3)`` by the best similarity on ``subset``.
+
+    Rotation, translation and isotropic scale are fitted in the least-squares sense on the subset
+    (:func:`similarity_transform`) and applied to all L points.
+    """
+    scale, rotation, src_mean, dst_mean = similarity_transform(points, reference, subset)
+    return scale[:, None, None] * np.einsum("bij,blj->bli", rotation, points - src_mean) + dst_mean
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,8 @@
 The chain per frame: features (the extractor the animator was trained on, with the same settings) -> animator
 (zero residual; streaming, with a bounded look-ahead of ``window - 1`` frames: each frame's latent averages every
 8-frame window that contains it, as in training and scoring) -> head VAE decoder (blend weights, UV texture) ->
-mesh deformed and posed -> rasterised from a capture camera or an orbiting novel view -> re-render U-Net ->
+mesh deformed and posed (the actor's average head pose, or ``--pose driving``: the driving head's rotation
+relative to its first frame) -> rasterised from a capture camera or an orbiting novel view -> re-render U-Net ->
 composited (alpha and beta over the clean plate or a user background) -> H.264 mp4 through PyAV.
 
 The driving video is first ingested into a one-camera cache (frames and features on disk, under ``--work``), then
@@ -21,19 +22,23 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 from avatar_lightning.avatar import Avatar, load_avatar
 from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
 from avatar_lightning.features.extract import feature_array, valid_array
+from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
 from avatar_lightning.video import VideoWriter
 
+PoseSource = Literal["fixed", "driving"]
 ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
 ORBIT_SECONDS = 4.0  # one swing left and back
 
@@ -90,10 +95,22 @@ class AvatarRenderer:
         self.rasterizer = get_rasterizer(self.settings.backend, self.device)
         self.camera = Cameras.from_dict(self.record).to(self.device)
 
+    def driven_pose(self, rotations: np.ndarray) -> Tensor:
+        """Poses ``(B, 6)``: the driving head's rotations ``(B, 3, 3)`` (camera coordinates, relative to its first
+        frame) turned into world rotations as seen from this renderer's capture camera, applied on top of the
+        avatar's default pose; the translation stays the default's."""
+        camera = np.asarray(self.record.R, dtype=np.float64)
+        world = np.einsum("ji,bjk,kl->bil", camera, rotations, camera)  # R_c^T R R_c
+        default = Rotation.from_rotvec(self.pose[:3].cpu().double().numpy())
+        rotvec = (Rotation.from_matrix(world) * default).as_rotvec()
+        translation = np.broadcast_to(self.pose[3:].cpu().numpy(), (len(rotations), 3))
+        return torch.from_numpy(np.concatenate([rotvec, translation], axis=1)).float().to(self.device)
+
     @torch.no_grad()
-    def render(self, z: Tensor, frames: Sequence[int]) -> np.ndarray:
+    def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None) -> np.ndarray:
+        """Composited frames of latents ``z``; ``rotations`` (the driving head's, ``(B, 3, 3)``) or the fixed pose."""
         texture, blend = self.avatar.head_vae.decode(z.to(self.device))
-        pose = self.pose.expand(len(z), 6)
+        pose = self.pose.expand(len(z), 6) if rotations is None else self.driven_pose(rotations)
         vertices = self.avatar.mesh.deform(blend, pose)
         cameras = (orbit_cameras(self.record, pose[0, 3:].cpu(), frames, self.fps).to(self.device)
                    if self.orbit else self.camera)
@@ -132,8 +149,14 @@ def side_by_side(driving: np.ndarray, rendered: np.ndarray) -> np.ndarray:
 
 def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera: str | None = None,
                   orbit: bool = False, with_driving: bool = False, background: np.ndarray | None = None,
-                  chunk: int = 16, progress: Progress | None = None) -> AnimationReport:
-    """Render the avatar performing the driving cache's frames (features already extracted) into ``out``."""
+                  chunk: int = 16, progress: Progress | None = None, pose: PoseSource = "fixed") -> AnimationReport:
+    """Render the avatar performing the driving cache's frames (features already extracted) into ``out``.
+
+    ``pose``: ``fixed`` holds the actor's average head pose; ``driving`` follows the driving head's rotation
+    relative to its first frame with a face (FaceMesh's rigid landmarks, tracked frame by frame).
+    """
+    if pose not in ("fixed", "driving"):
+        raise ValueError(f"pose must be 'fixed' or 'driving', got {pose!r}")
     name = avatar.features
     if not driving.has(feature_array(name)):
         raise CacheError(f"{driving.root}: no {feature_array(name)}; the avatar's animator reads {name!r} features: "
@@ -147,7 +170,8 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     valid = np.asarray(driving.array(valid_array(name)), dtype=bool)
     if not valid.any():
         raise CacheError(f"{driving.root}: no face was found in any of the {len(valid)} driving frames")
-    frames = driving.array(frames_array(driving)) if with_driving else None
+    frames = driving.array(frames_array(driving)) if with_driving or pose == "driving" else None
+    head = HeadRotationTracker() if pose == "driving" else None
     renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps)
     n = len(features)
     task = progress.add_task("animate", total=n, rate="") if progress else None
@@ -155,9 +179,11 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     with VideoWriter(out, fps=driving.fps) as writer:
         for first, z in stream_latents(avatar, features, chunk):
             index = list(range(first, first + len(z)))
-            image = renderer.render(z, index)
-            if frames is not None:
-                image = side_by_side(np.asarray(frames[first : first + len(z)]), image)
+            source = np.asarray(frames[first : first + len(z)]) if frames is not None else None
+            rotations = head(source) if head is not None else None
+            image = renderer.render(z, index, rotations)
+            if with_driving:
+                image = side_by_side(source, image)
             writer.write(image)
             if progress:
                 rate = (first + len(z)) / (time.perf_counter() - start_time)
@@ -167,8 +193,8 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
 
 def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str | Path | None = None,
                   camera: str | None = None, orbit: bool = False, with_driving: bool = False,
-                  background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True
-                  ) -> AnimationReport:
+                  background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True,
+                  pose: PoseSource = "fixed") -> AnimationReport:
     """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``."""
     from avatar_lightning.stages.features import extract_features
     from avatar_lightning.stages.ingest import ingest_video
@@ -185,7 +211,7 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
             if not driving.has(feature_array(avatar.features)):
                 extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
             return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
-                                 chunk, progress)
+                                 chunk, progress, pose)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -200,6 +226,9 @@ def main(argv: Sequence[str]) -> int:
     view.add_argument("--camera", help="render from this capture camera (default: the first)")
     view.add_argument("--orbit", action="store_true", help="render from a novel view orbiting the head")
     parser.add_argument("--side-by-side", action="store_true", help="put the driving frame left of the avatar")
+    parser.add_argument("--pose", default="fixed", choices=("fixed", "driving"),
+                        help="head pose: the actor's average (fixed) or the driving head's rotation relative to its "
+                             "first frame (driving)")
     parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
     parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
     parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
@@ -213,7 +242,7 @@ def main(argv: Sequence[str]) -> int:
         background = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     avatar = load_avatar(args.avatar)
     report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
-                           background, args.chunk, not args.no_progress)
+                           background, args.chunk, not args.no_progress, args.pose)
     faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
