@@ -202,14 +202,14 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
     with tempfile.TemporaryDirectory(prefix="animate-") as temporary:
         root = Path(work) if work else Path(temporary)
         cache_dir = root / "driving"
+        if not (cache_dir / "manifest.json").is_file():
+            ingest_video(video, cache_dir, overwrite=True)
+        if not CaptureCache(cache_dir).has(feature_array(avatar.features)):
+            # Lightning's own progress bar runs here: one live display at a time, so ours starts after.
+            extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[rate]}"))
         with Progress(*columns, disable=not show_progress) as progress:
-            if not (cache_dir / "manifest.json").is_file():
-                ingest_video(video, cache_dir, overwrite=True)
-            driving = CaptureCache(cache_dir)
-            if not driving.has(feature_array(avatar.features)):
-                extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
             return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
                                  chunk, progress, pose)
 

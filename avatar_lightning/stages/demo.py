@@ -102,7 +102,6 @@ def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: Ca
         rows["baselines"][f"nearest neighbour ({FEATURES})"] = error(
             nearest_neighbour_baseline(bank, train_z, [query])[0])
     rows["baselines"]["predict the training mean"] = error(mean_baseline(train_z, [len(x)])[0])
-    rows["baselines"]["zero motion (truth's own mean)"] = float((truth[valid] ** 2).mean())
     return rows
 
 
@@ -116,7 +115,7 @@ def _cross_identity_markdown(scores: dict[str, Any], identity: int) -> str:
 
 
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
-             identity: int = 1) -> Path:
+             identity: int = 1, overwrite: bool = False) -> Path:
     """Run the chain into ``out``; returns the report folder."""
     from avatar_lightning.avatar import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
@@ -131,7 +130,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     report.mkdir(parents=True, exist_ok=True)
     step = Steps()
     total_start = time.perf_counter()
-    step(f"synth actor ({preset})", lambda: generate(actor_dir, preset=preset, seed=0))
+    step(f"synth actor ({preset})", lambda: generate(actor_dir, preset=preset, seed=0, overwrite=overwrite))
     actor = CaptureCache(actor_dir)
     if not actor.has(feature_array(FEATURES)):
         step("features (mediapipe)", lambda: extract_features(actor_dir, FEATURES, relative="sequence"))
@@ -176,7 +175,8 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     step("export", lambda: export_avatar(actor, avatar_dir, head_vae_ckpt, rerender_ckpt,
                                          best / "checkpoints" / "last.ckpt", overwrite=True))
     driver_dir = out / f"driver_{identity}"
-    step(f"synth driver (identity {identity})", lambda: generate(driver_dir, preset=preset, identity=identity, seed=0))
+    step(f"synth driver (identity {identity})", lambda: generate(driver_dir, preset=preset, identity=identity, seed=0,
+                                                                        overwrite=overwrite))
     driver = CaptureCache(driver_dir)
     video = driver_dir / "previews" / f"{driver.cameras[0].name}.mp4"
     avatar = load_avatar(avatar_dir)
@@ -231,7 +231,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--rerender-minutes", type=float, default=2.0)
     parser.add_argument("--animator-steps", type=int, default=1500, help="steps per grid cell (paper: 15 000)")
     parser.add_argument("--identity", type=int, default=1, help="the synthetic identity that drives the avatar")
+    parser.add_argument("--overwrite", action="store_true", help="replace synthetic captures made with other settings")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity)
+             args.identity, args.overwrite)
     return 0
