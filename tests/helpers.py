@@ -109,3 +109,10 @@ def make_expression_cache(root: Path, seed: int = 0, feature_dim: int = 24, expr
     cache.write_array("features/expression.valid", valid, stage="test-fixture", per_frame=True)
     cache.write_array("latents/head_vae", z.astype(np.float32), stage="test-fixture", per_frame=True)
     return cache, to_latent
+
+
+def save_lightning_checkpoint(model: pl.LightningModule, path: Path) -> Path:
+    """Lightning's checkpoint layout for a model that was never fitted (tests of loading code, not of quality)."""
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -21,15 +20,9 @@ from avatar_lightning.models.rerender import Rerenderer
 from avatar_lightning.stages.animate import AvatarRenderer, animate_video, orbit_cameras
 from avatar_lightning.video import count_frames, probe_video, write_video
 from tests.features_fixtures import blank, face_image, moving_face_frames, rotate_scale
+from tests.helpers import save_lightning_checkpoint
 
 LATENT_DIM = 8
-
-
-def _save(model: pl.LightningModule, path: Path) -> Path:
-    """Lightning's checkpoint layout, for randomly initialised models (the chain is tested, not their quality)."""
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +37,10 @@ def avatar_dir(synthetic_tiny: CaptureCache, tmp_path_factory: pytest.TempPathFa
     torch.manual_seed(0)
     texture = cache.record("tracking/textures").shape[1]
     blend = cache.record("tracking/blend_weights").shape[1]
-    vae = _save(HeadVAE(texture_size=texture, num_blend_shapes=blend, latent_dim=LATENT_DIM, width=4,
-                        perceptual_weight=0.0, adversarial_weight=0.0), work / "vae.ckpt")
-    rerender = _save(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
-    animator = _save(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
+    vae = save_lightning_checkpoint(HeadVAE(texture_size=texture, num_blend_shapes=blend, latent_dim=LATENT_DIM,
+                                            width=4, perceptual_weight=0.0, adversarial_weight=0.0), work / "vae.ckpt")
+    rerender = save_lightning_checkpoint(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
+    animator = save_lightning_checkpoint(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
                               latent_dim=LATENT_DIM), work / "animator.ckpt")
     return export_avatar(cache, work / "avatar", vae, rerender, animator)
 

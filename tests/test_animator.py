@@ -28,7 +28,7 @@ from avatar_lightning.scoring import (
 from avatar_lightning.stages.encode import record_latent_source
 from datamodules.animator import AnimatorDataModule
 from tests.conftest import REPO_ROOT
-from tests.helpers import make_expression_cache
+from tests.helpers import make_expression_cache, save_lightning_checkpoint
 
 EXPERIMENTS = REPO_ROOT / "experiments"
 
@@ -168,8 +168,7 @@ def _save_head_vae(path: Path, latent_dim: int, num_blend_shapes: int) -> HeadVA
     torch.manual_seed(0)
     vae = HeadVAE(texture_size=16, num_blend_shapes=num_blend_shapes, latent_dim=latent_dim, width=4,
                   perceptual_weight=0.0, adversarial_weight=0.0).eval()
-    torch.save({"state_dict": vae.state_dict(), "hyper_parameters": dict(vae.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
+    save_lightning_checkpoint(vae, path)
     return vae
 
 

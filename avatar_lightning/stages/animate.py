@@ -117,8 +117,7 @@ class AvatarRenderer:
         i_orig, coverage = render_textured(self.avatar.mesh, vertices, texture.permute(0, 2, 3, 1), cameras,
                                            self.settings, self.rasterizer)
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
-        out = self.avatar.rerenderer(i_orig, self.plate, coverage)
-        image = out.alpha * i_orig + out.beta * out.i_corr + out.gamma * self.plate  # eq. 1 over this background
+        image = self.avatar.rerenderer(i_orig, self.plate, coverage).i_out  # eq. 1 over this renderer's plate
         return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
