@@ -29,6 +29,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,10 +45,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # Which command writes which array: used in every "missing array" message. First match wins.
 PRODUCERS: tuple[tuple[str, str], ...] = (
-    ("cameras/*/frames", "`python -m avatar_lightning synth` (synthetic actor) or `ingest` (driving video)"),
-    ("cameras/*/clean_plate", "`python -m avatar_lightning synth` (synthetic actor)"),
-    ("template/*", "`python -m avatar_lightning synth` (synthetic actor)"),
-    ("tracking/*", "`python -m avatar_lightning synth` (synthetic actor)"),
+    ("cameras/*/frames", "`python -m avatar_lightning synth` (synthetic actor), `prepare` (real capture) or `ingest` "
+                         "(driving video)"),
+    ("cameras/*/clean_plate", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
+    ("template/*", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
+    ("tracking/*", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
     ("truth/*", "`python -m avatar_lightning synth` (only synthetic captures carry ground truth)"),
     ("features/*", "`python -m avatar_lightning features --cache DIR --extractor NAME`"),
     ("latents/*", "`python -m avatar_lightning encode --ckpt HEAD_VAE.ckpt --cache DIR --name RUN`"),
@@ -222,11 +224,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _umask_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide a cache from its group)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide a cache from its group)."""
+    return 0o666 & ~_umask()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -243,6 +249,35 @@ def _atomic_write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder holding a cache (unless ``overwrite``), a file, or unrelated files."""
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise CacheError(f"{out / MANIFEST_NAME} already exists; pass --overwrite to replace that cache")
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out} exists and is not a directory")
+    if out.is_dir() and not (out / MANIFEST_NAME).exists() and any(out.iterdir()):
+        raise CacheError(f"{out} exists, is not empty and is not a capture cache; choose another --out")
+
+
+def staging_folder(out: Path, stage: str) -> Path:
+    """A hidden folder beside ``out`` to build a whole cache in; :func:`commit_staging` moves it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{stage}-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # a plain mkdir's mode, not mkdtemp's 0700
+    return staging
+
+
+def commit_staging(staging: Path, out: Path) -> None:
+    """Move a finished cache into place; an old cache at ``out`` is moved aside first and then removed."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        out.replace(old / "cache")
+    staging.replace(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class CaptureCache:
@@ -341,6 +376,13 @@ class CaptureCache:
 
     def set_meta(self, **values: Any) -> None:
         self._update_manifest(lambda m: m.meta.update(values))
+
+    def set_cameras(self, cameras: Sequence[CameraRecord]) -> None:
+        """Replace the camera records (``prepare`` knows them only after calibrating from the frames)."""
+        names = [c.name for c in self.manifest.cameras]
+        if [c.name for c in cameras] != names:
+            raise CacheError(f"{self.manifest_path}: set_cameras must keep the cameras {names}")
+        self._update_manifest(lambda m: setattr(m, "cameras", list(cameras)))
 
     # ------------------------------------------------------------------ convenience views
     @property

@@ -40,6 +40,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
+    "prepare": Stage("turn a real actor's capture (1..N cameras) into a capture cache: pose, blend weights, textures",
+                     "avatar_lightning.stages.prepare:main"),
     "synth": Stage("make the built-in synthetic multi-view actor, or another person's driving video",
                    "avatar_lightning.stages.synth:main"),
     "encode": Stage("write every frame's latent z from a trained head VAE into the cache",

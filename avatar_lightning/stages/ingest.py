@@ -17,9 +17,7 @@ prior, about 45 degrees across the longer side), principal point at the centre; 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,7 +25,15 @@ import cv2
 import numpy as np
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import MANIFEST_NAME, CacheError, CameraRecord, CaptureCache, SequenceRecord
+from avatar_lightning.cache import (
+    CacheError,
+    CameraRecord,
+    CaptureCache,
+    SequenceRecord,
+    check_output_folder,
+    commit_staging,
+    staging_folder,
+)
 from avatar_lightning.video import VideoError, count_frames, iter_frames, probe_video
 
 STAGE = "ingest"
@@ -78,15 +84,6 @@ def _frames(video: Path, width: int, height: int, crop: bool, fps: float, boxes:
             cropper.close()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if (out / MANIFEST_NAME).exists() and not overwrite:
-        raise CacheError(f"{out / MANIFEST_NAME} already exists; pass --overwrite to replace that cache")
-    if out.exists() and not out.is_dir():
-        raise CacheError(f"{out} exists and is not a directory")
-    if out.is_dir() and not (out / MANIFEST_NAME).exists() and any(out.iterdir()):
-        raise CacheError(f"{out} exists, is not empty and is not a capture cache; choose another --out")
-
-
 def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size: int | None = None,
                  overwrite: bool = False, strict: bool = True, chunk: int = 64,
                  progress: Progress | None = None) -> CaptureCache:
@@ -98,7 +95,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
     """
     video, out = Path(video), Path(out)
     info = probe_video(video)
-    _check_out(out, overwrite)
+    check_output_folder(out, overwrite)
     if size is not None and size < 8:
         raise CacheError(f"--size must be at least 8 pixels, got {size}")
     report = progress or (lambda what, done, total: None)
@@ -106,11 +103,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
     num_frames = count_frames(video, strict=strict)
     report("scan video", num_frames, num_frames)
     width, height = output_size(info.width, info.height, crop, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.ingest-", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(staging, 0o777 & ~mask)  # a plain mkdir's mode, not mkdtemp's 0700
+    staging = staging_folder(out, STAGE)
     try:
         cache = CaptureCache.create(
             staging, fps=info.fps, num_frames=num_frames,
@@ -147,22 +140,11 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
             report("write frames", written, num_frames)
         if boxes is not None:
             cache.write_array(f"cameras/{CAMERA}/crop_boxes", boxes, stage=STAGE, per_frame=True)
-        _commit(staging, out)
+        commit_staging(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CaptureCache(out)
-
-
-def _commit(staging: Path, out: Path) -> None:
-    """Move the finished cache into place; an old cache at ``out`` is moved aside first and then removed."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.replace(old / "cache")
-    staging.replace(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -187,7 +187,19 @@ class FaceTemplate:
 
 def build_face_template(photo: FacePhoto) -> FaceTemplate:
     """Landmarks -> metric vertices; tessellation + eye and mouth fans -> triangles; photo crop -> UVs."""
-    px = photo.landmarks
+    return template_from_landmarks(photo.landmarks)
+
+
+def template_from_landmarks(px: np.ndarray, topology: np.ndarray | None = None) -> FaceTemplate:
+    """The template of any face from its 468 FaceMesh landmarks ``(468+, 3)``, frontal, in pixel-like units.
+
+    The synthetic actor passes its photo's landmarks; ``prepare`` passes a real actor's neutral shape. The scale
+    only sets the UV crop's rounding (use a face some hundred units wide); vertices are rescaled to metres.
+    ``topology`` ``(468, 2)``: the 2-D landmarks that resolve FaceMesh's edge list into triangles (default
+    ``px``); pass the astronaut's so every actor gets the synthetic actor's exact triangle list.
+    """
+    px = np.asarray(px, dtype=np.float64)[:NUM_LANDMARKS]
+    topology = px[:, :2] if topology is None else np.asarray(topology, dtype=np.float64)[:NUM_LANDMARKS, :2]
     oval = px[list(FACE_OVAL)]
     scale = FACE_WIDTH_M / (oval[:, 0].max() - oval[:, 0].min())
     origin = np.array([oval[:, 0].mean(), px[NOSE_TIP, 1], px[NOSE_TIP, 2]])
@@ -201,7 +213,7 @@ def build_face_template(photo: FacePhoto) -> FaceTemplate:
     x0, y0 = (int(round(c - size / 2)) for c in centre)
     uvs = (px[:, :2] - np.array([x0, y0])) / size
 
-    triangles = [_tessellation_triangles(px[:, :2])]
+    triangles = [_tessellation_triangles(topology)]
     vertices_list, uv_list = [vertices], [uvs]
     next_index = NUM_LANDMARKS
     eye_centres = {}

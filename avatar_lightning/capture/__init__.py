@@ -1,0 +1,1 @@
+"""Real capture -> capture cache: sources, landmarks, calibration, template, fitting, textures, clean plates."""

@@ -1,0 +1,72 @@
+"""A clean plate per camera (the empty background I_backg of eq. 1): given, or estimated from the capture.
+
+Estimated as the per-pixel temporal median of sampled frames with the actor's head masked out: the fitted face
+mesh's outline, widened to cover hair, ears and the neck. Pixels the head covers in every sampled frame were
+never seen; they are inpainted from their surroundings (OpenCV's Telea method) and a warning gives their share.
+A real clean plate (the studio filmed without the actor) is better: pass it with ``--clean-plate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avatar_lightning.cache import CacheError
+
+# The head mask: the face outline scaled about its centre (hair and ears), extended up (crown) and down (neck).
+HEAD_SCALE = 1.5
+CROWN_EXTENT = 0.45  # of the face height, above the outline
+NECK_EXTENT = 0.7  # of the face height, below the chin
+
+
+@dataclass(frozen=True)
+class PlateEstimate:
+    """``plate (H, W, 3) uint8`` and the share of its pixels that no sampled frame showed (inpainted)."""
+
+    plate: np.ndarray
+    unseen_fraction: float
+    frames_used: int
+
+
+def head_mask(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``(H, W) bool``: where the head may be, from its projected face vertices ``(V, 2)`` in pixels."""
+    mask = np.zeros((height, width), np.uint8)
+    finite = points[np.isfinite(points).all(1)]
+    if len(finite) < 3:
+        return mask.astype(bool)
+    centre = finite.mean(0)
+    face_height = np.ptp(finite[:, 1])
+    grown = centre + (finite - centre) * HEAD_SCALE
+    crown = grown - [0.0, CROWN_EXTENT * face_height]
+    neck = finite[finite[:, 1] > centre[1]] + [0.0, NECK_EXTENT * face_height]
+    hull = cv2.convexHull(np.concatenate([grown, crown, neck]).astype(np.float32))
+    cv2.fillConvexPoly(mask, np.round(hull).astype(np.int32), 1)
+    return mask.astype(bool)
+
+
+def estimate_plate(frames: np.ndarray, masks: np.ndarray) -> PlateEstimate:
+    """Median of ``frames (S, H, W, 3) uint8`` where ``masks (S, H, W)`` (True: head) leave the background visible."""
+    data = np.ma.masked_array(frames, mask=np.broadcast_to(masks[..., None], frames.shape))
+    median = np.ma.median(data, axis=0)
+    unseen = np.ma.getmaskarray(median).any(-1)
+    plate = np.ma.filled(median, 0).round().astype(np.uint8)
+    if unseen.any():
+        plate = cv2.inpaint(plate, unseen.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+    return PlateEstimate(plate=plate, unseen_fraction=float(unseen.mean()), frames_used=len(frames))
+
+
+def load_plate(path: str | Path, width: int, height: int) -> np.ndarray:
+    """A clean-plate image file (PNG, JPEG, ...) as ``(H, W, 3) uint8`` RGB; its size must be the camera's."""
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"clean plate {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CacheError(f"clean plate {path} is not a readable image (PNG, JPEG, ...)")
+    if image.shape[:2] != (height, width):
+        raise CacheError(f"clean plate {path} is {image.shape[1]}x{image.shape[0]} but its camera's frames are "
+                         f"{width}x{height}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

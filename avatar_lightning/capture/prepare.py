@@ -1,0 +1,411 @@
+"""Real footage -> capture cache (paper §4): frames, cameras, the actor's template, pose, blend weights, textures.
+
+Steps, each its own module: decode the cameras in lock-step (:mod:`.sources`); FaceMesh landmarks per camera
+and frame (faceless frames flagged and counted, never fatal unless a camera never sees a face); the actor's
+template (:mod:`.template`); cameras loaded or estimated (:mod:`.calibration`); pose and blend weights fitted
+to every camera's landmarks (:mod:`.fitting`); UV textures blended over cameras (:mod:`.textures`); clean plates
+(:mod:`.clean_plate`); a time split (:mod:`.split`). Frames, landmarks and textures stream through
+``array_writer``, so memory is flat in the capture's length.
+
+The cache is built in a hidden folder beside ``out`` and renamed into place only when complete: a failure or an
+interrupt leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avatar_lightning import __version__
+from avatar_lightning.cache import (
+    CacheError,
+    CameraRecord,
+    CaptureCache,
+    check_output_folder,
+    commit_staging,
+    staging_folder,
+)
+from avatar_lightning.capture import calibration as calib
+from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
+from avatar_lightning.capture.fitting import FitResult, FitSettings, HeadTracker, RigCameras, face_heights, initial_pose
+from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistorter, iter_capture, probe_capture
+from avatar_lightning.capture.split import time_split
+from avatar_lightning.capture.template import ActorTemplate, build_actor_template
+from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean_texture, to_uint8
+from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
+from avatar_lightning.render import Cameras, Mesh, RasterSettings
+from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
+
+STAGE = "prepare"
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+TEMPLATE_SAMPLE = 600  # landmark sets (evenly spaced) the neutral is estimated from
+CALIBRATION_SAMPLE = 40
+FOCAL_SAMPLE = 60  # frames the monocular focal search fits
+# Focal length candidates (x the longer image side) for an uncalibrated single camera. FaceMesh's landmarks follow
+# a near weak-perspective model, so its faces fit best with long lenses; the search picks by reprojection error.
+FOCAL_CANDIDATES = (1.2, 2.0, 3.0, 4.5, 7.0, 10.0, 15.0)
+TEXTURE_MEAN_SAMPLE = 32
+MESH_LANDMARKS = 468  # FaceMesh's mesh points; the 10 iris points have no template vertex
+PLATE_SAMPLE = 48
+
+
+def landmark_array(camera: str) -> str:
+    """Cache array of FaceMesh landmarks ``(N, 478, 3)`` float32 (pixels; z relative depth) of ``camera``."""
+    return f"tracking/landmarks/{camera}"
+
+
+def landmark_valid_array(camera: str) -> str:
+    return f"tracking/landmarks/{camera}.valid"
+
+
+def camera_names(count: int) -> list[str]:
+    return [f"cam{i}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What the user chose; see ``python -m avatar_lightning prepare --help``."""
+
+    calibration: str | None = None
+    clean_plates: tuple[str, ...] = ()
+    test_seconds: float | None = None
+    val_seconds: float | None = None
+    texture_size: int = 128
+    chunk: int = 32
+    overwrite: bool = False
+    fit: FitSettings = FitSettings()
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def decode_and_track(info: CaptureInfo, cache: CaptureCache, names: Sequence[str],
+                     undistort: Sequence[Undistorter | None], progress: Progress) -> np.ndarray:
+    """Write every camera's frames and FaceMesh landmarks into ``cache``; returns ``seen (N, C)``."""
+    n, c = info.num_frames, len(names)
+    trackers = [FaceMeshTracker(static=False) for _ in names]
+    seen = np.zeros((n, c), bool)
+    with contextlib.ExitStack() as stack:
+        frames = [stack.enter_context(cache.array_writer(
+            f"cameras/{name}/frames", (n, h, w, 3), np.uint8, stage=STAGE, per_frame=True))
+            for name, (w, h) in zip(names, info.sizes, strict=True)]
+        marks = [stack.enter_context(cache.array_writer(
+            landmark_array(name), (n, NUM_LANDMARKS, 3), np.float32, stage=STAGE, per_frame=True)) for name in names]
+        i = -1
+        for i, views in enumerate(iter_capture(info, undistort)):
+            for k, image in enumerate(views):
+                frames[k][i] = image
+                found = trackers[k](image)
+                if found is not None:
+                    marks[k][i] = found
+                    seen[i, k] = True
+                else:
+                    marks[k][i] = np.nan
+            if i % 16 == 0 or i == n - 1:
+                progress("decode + FaceMesh", i + 1, n)
+        if i + 1 != n:
+            raise CacheError(f"decoding gave {i + 1} frames, {n} were counted; did a video change meanwhile?")
+    for tracker in trackers:
+        tracker.close()
+    for k, name in enumerate(names):
+        cache.write_array(landmark_valid_array(name), seen[:, k], stage=STAGE, per_frame=True)
+    return seen
+
+
+def check_faces(seen: np.ndarray, sources: Sequence[CameraSource]) -> None:
+    """A camera that never sees a face cannot be tracked or textured: refuse, naming it."""
+    for k, source in enumerate(sources):
+        if not seen[:, k].any():
+            raise CacheError(f"camera {source.spec!r}: MediaPipe FaceMesh found no face in any of its "
+                             f"{len(seen)} frames; is the actor in view (and the region right)?")
+
+
+def evenly(frames: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of ``frames`` (sorted indices), evenly spaced."""
+    if len(frames) <= count:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, count).round().astype(int)]
+
+
+def template_camera(store: LandmarkStore, seen: np.ndarray) -> int:
+    """The camera that sees the face most often and most frontally (its landmarks make the neutral)."""
+    best, best_score = 0, -np.inf
+    for k, array in enumerate(store.arrays):
+        rows = evenly(np.flatnonzero(seen[:, k]), 50)
+        if not len(rows):
+            continue
+        points = np.asarray(array[rows], np.float64)
+        # Frontal: the nose tip midway between the face's sides (landmarks 234, 454) in the image.
+        sides = points[:, [234, 454], 0]
+        balance = np.abs((points[:, 1, 0] - sides[:, 0]) / np.maximum(sides[:, 1] - sides[:, 0], 1e-6) - 0.5)
+        score = len(np.flatnonzero(seen[:, k])) / len(seen) - 2 * float(np.median(balance))
+        if score > best_score:
+            best, best_score = k, score
+    return best
+
+
+class LandmarkStore:
+    """Every camera's landmark array in the cache, read by frame rows: ``(B, C, 478, 3)`` float64, NaN: no face."""
+
+    def __init__(self, cache: CaptureCache, names: Sequence[str]) -> None:
+        self.arrays = [cache.array(landmark_array(name)) for name in names]
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(array[rows], np.float64) for array in self.arrays], 1)
+
+
+def initial_poses(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord],
+                  template: ActorTemplate, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``(len(rows), 6)`` closed-form poses, each from the camera in which that frame's face is largest."""
+    pose = np.zeros((len(rows), 6))
+    vertices = template.template.vertices.astype(np.float64)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        points = store.read(part)  # (B, C, L, 3)
+        heights = np.where(seen[part], face_heights(points), -1.0)
+        best = heights.argmax(1)
+        for k, record in enumerate(records):
+            mine = np.flatnonzero((best == k) & seen[part, k])
+            if len(mine):
+                pose[start + mine] = initial_pose(points[mine, k], vertices, np.array(record.K), np.array(record.R),
+                                                  np.array(record.t))
+    return pose
+
+
+def fit_tracking(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord], template: ActorTemplate,
+                 settings: FitSettings, progress: Progress, rows: np.ndarray | None = None) -> FitResult:
+    """Pose and blend weights of every frame (or of ``rows`` only, e.g. for the focal search)."""
+    tracker = HeadTracker(template.template.vertices, template.blend_basis, RigCameras.from_records(list(records)),
+                          settings)
+    rows = np.arange(len(seen)) if rows is None else rows
+    init = initial_poses(store, seen, records, template, rows)
+
+    def landmarks(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        return store.read(rows[start:stop]), seen[rows[start:stop]]
+
+    return tracker.fit(landmarks, len(rows), init, progress)
+
+
+def choose_focal(store: LandmarkStore, seen: np.ndarray, record: CameraRecord,
+                 template: ActorTemplate, settings: FitSettings) -> tuple[CameraRecord, dict[str, float]]:
+    """For one uncalibrated camera: the focal length among :data:`FOCAL_CANDIDATES` that fits landmarks best."""
+    rows = evenly(np.flatnonzero(seen[:, 0]), FOCAL_SAMPLE)
+    side = max(record.width, record.height)
+    errors: dict[str, float] = {}
+    best, best_error = record, np.inf
+    quiet = FitSettings(**{**settings.__dict__, "iterations": 6})
+    for multiple in FOCAL_CANDIDATES:
+        K = np.array(record.K, np.float64)
+        K[0, 0] = K[1, 1] = multiple * side
+        candidate = CameraRecord(record.name, K.tolist(), record.R, record.t, record.width, record.height)
+        result = fit_tracking(store, seen, [candidate], template, quiet, lambda *a: None, rows)
+        error = float(np.nanmedian(result.rms / result.face_height))
+        errors[f"{multiple:g}"] = error
+        if error < best_error:
+            best, best_error = candidate, error
+    return best, errors
+
+
+def write_template(cache: CaptureCache, template: ActorTemplate) -> None:
+    t = template.template
+    cache.write_array("template/vertices", t.vertices, stage=STAGE)
+    cache.write_array("template/triangles", t.triangles, stage=STAGE)
+    cache.write_array("template/uvs", t.uvs, stage=STAGE)
+    cache.write_array("template/uv_triangles", t.uv_triangles, stage=STAGE)
+    cache.write_array("template/blend_basis", template.blend_basis, stage=STAGE)
+
+
+def template_mesh(template: ActorTemplate) -> Mesh:
+    t = template.template
+    return Mesh(vertices=torch.from_numpy(t.vertices), triangles=torch.from_numpy(t.triangles),
+                uvs=torch.from_numpy(t.uvs), uv_triangles=torch.from_numpy(t.uv_triangles),
+                blend_basis=torch.from_numpy(template.blend_basis))
+
+
+def camera_list(records: Sequence[CameraRecord]) -> list[Cameras]:
+    return [Cameras.from_dict(r) for r in records]
+
+
+def _images(cache: CaptureCache, names: Sequence[str], rows: np.ndarray | slice) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.asarray(cache.array(f"cameras/{n}/frames")[rows], np.float32) / 255) for n in names]
+
+
+def extract_textures(cache: CaptureCache, names: Sequence[str], records: Sequence[CameraRecord], mesh: Mesh,
+                     fit: FitResult, size: int, chunk: int, progress: Progress) -> float:
+    """Write ``tracking/textures (N, T, T, 3) uint8``; returns the share of texels never seen by any camera."""
+    n = len(fit.pose)
+    settings = RasterSettings(near=0.05, far=50.0)
+    cams = camera_list(records)
+    pose, blend = torch.from_numpy(fit.pose), torch.from_numpy(fit.blend_weights)
+    sample = evenly(np.arange(n), TEXTURE_MEAN_SAMPLE)
+    with torch.no_grad():
+        verts = mesh.deform(blend[sample], pose[sample])
+        colour, weight = fuse_cameras(mesh, verts, _images(cache, names, sample), cams, size, settings)
+        running = RunningTexture(mean_texture(colour, weight))
+        with cache.array_writer("tracking/textures", (n, size, size, 3), np.uint8, stage=STAGE,
+                                per_frame=True) as textures:
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                verts = mesh.deform(blend[start:stop], pose[start:stop])
+                colour, weight = fuse_cameras(mesh, verts, _images(cache, names, slice(start, stop)), cams, size,
+                                              settings)
+                textures[start:stop] = to_uint8(running.update(colour, weight))
+                progress("UV textures", stop, n)
+    covered = _uv_coverage(mesh, size)
+    return float((covered & ~running.seen).sum() / max(covered.sum(), 1))
+
+
+def _uv_coverage(mesh: Mesh, size: int) -> torch.Tensor:
+    from avatar_lightning.render import get_rasterizer, uv_to_clip
+
+    rasterizer = get_rasterizer("torch", torch.device("cpu"))
+    raster = rasterizer.rasterize(uv_to_clip(mesh.uvs), mesh.uv_faces, (size, size))
+    return raster.triangle_id[0] >= 0
+
+
+def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[CameraRecord], mesh: Mesh,
+                 fit: FitResult, given: Sequence[str]) -> dict[str, Any]:
+    """Write ``cameras/<name>/clean_plate`` for every camera; returns what was done per camera."""
+    if given and len(given) != len(names):
+        raise CacheError(f"--clean-plate was given {len(given)} times for {len(names)} cameras; give one per "
+                         "camera, in the order of --video, or none")
+    report: dict[str, Any] = {}
+    n = len(fit.pose)
+    for k, (name, record) in enumerate(zip(names, records, strict=True)):
+        if given:
+            plate = load_plate(given[k], record.width, record.height)
+            report[name] = {"source": str(Path(given[k]).resolve())}
+        else:
+            rows = evenly(np.arange(n), PLATE_SAMPLE)
+            with torch.no_grad():
+                verts = mesh.deform(torch.from_numpy(fit.blend_weights[rows]), torch.from_numpy(fit.pose[rows]))
+                pixels, _ = Cameras.from_dict(record).project_to_pixels(verts.float())
+            masks = np.stack([head_mask(p, record.width, record.height) for p in pixels.numpy()])
+            estimate = estimate_plate(np.asarray(cache.array(f"cameras/{name}/frames")[rows]), masks)
+            plate = estimate.plate
+            report[name] = {"source": "temporal median of sampled frames with the head masked out",
+                            "frames": estimate.frames_used, "never_seen_fraction": round(estimate.unseen_fraction, 4)}
+            if estimate.unseen_fraction > 0:
+                log.warning("camera %s: %.1f %% of the clean plate was never seen behind the head and is inpainted; "
+                            "pass --clean-plate with a frame of the empty scene for a better one", name,
+                            100 * estimate.unseen_fraction)
+        cache.write_array(f"cameras/{name}/clean_plate", plate, stage=STAGE)
+    return report
+
+
+def fit_report(fit: FitResult, names: Sequence[str]) -> dict[str, Any]:
+    """Reprojection error per camera (median px and share of the face height) and frame counts."""
+    per_camera = {}
+    for k, name in enumerate(names):
+        ok = np.isfinite(fit.rms[:, k])
+        relative = fit.rms[ok, k] / fit.face_height[ok, k]
+        per_camera[name] = {
+            "frames_with_face": int(ok.sum()),
+            "median_reprojection_px": float(np.median(fit.rms[ok, k])) if ok.any() else None,
+            "median_reprojection_of_face_height": float(np.median(relative)) if ok.any() else None,
+            "p95_reprojection_of_face_height": float(np.percentile(relative, 95)) if ok.any() else None,
+        }
+    return {"cameras": per_camera, "frames": int(len(fit.fitted)), "frames_fitted": int(fit.fitted.sum()),
+            "frames_interpolated": int((~fit.fitted).sum())}
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOptions | None = None,
+                    progress: Progress | None = None) -> CaptureCache:
+    """Turn the synchronised cameras ``videos`` (``PATH`` or ``PATH@x,y,w,h``) into a capture cache at ``out``."""
+    options = options or PrepareOptions()
+    report = progress or (lambda what, done, total: None)
+    out = Path(out)
+    started = time.perf_counter()
+    sources = [CameraSource.parse(v) for v in videos]
+    if options.texture_size < 16:
+        raise CacheError(f"--texture-size must be at least 16, got {options.texture_size}")
+    check_output_folder(out, options.overwrite)
+    info = probe_capture(sources)
+    sequences = time_split(info.num_frames, info.fps, options.test_seconds, options.val_seconds)
+    names = camera_names(len(sources))
+    loaded = calib.load_calibration(options.calibration, names, info.sizes) if options.calibration else None
+    undistort = [None] * len(names)
+    if loaded is not None:
+        undistort = [Undistorter(np.array(r.K), d, (r.width, r.height)) if d is not None else None
+                     for r, d in zip(loaded.cameras, loaded.distortion, strict=True)]
+    provisional = loaded.cameras if loaded else [
+        CameraRecord(name, calib.default_intrinsics(w, h), np.eye(3).tolist(), [0.0, 0.0, 0.0], w, h)
+        for name, (w, h) in zip(names, info.sizes, strict=True)]
+    staging = staging_folder(out, STAGE)
+    try:
+        cache = CaptureCache.create(
+            staging, fps=info.fps, num_frames=info.num_frames, sequences=sequences, cameras=provisional,
+            meta={"generator": "avatar_lightning.capture", "version": __version__, "complete": False,
+                  "sources": [s.spec for s in sources], "blend_shapes": list(BLEND_SHAPE_NAMES)})
+        seen = decode_and_track(info, cache, names, undistort, report)
+        check_faces(seen, sources)
+
+        store = LandmarkStore(cache, names)
+        k = template_camera(store, seen)
+        rows = evenly(np.flatnonzero(seen[:, k]), TEMPLATE_SAMPLE)
+        template = build_actor_template(np.asarray(store.arrays[k][rows], np.float64))
+        report("actor template", 1, 1)
+
+        focal_search: dict[str, float] | None = None
+        if loaded is not None:
+            calibration = loaded
+        else:
+            calibration = estimate_cameras(store, seen, info, names, template)
+            if len(names) == 1:
+                record, focal_search = choose_focal(store, seen, calibration.cameras[0], template, options.fit)
+                calibration = calib.Calibration([record], calibration.distortion, True,
+                                                {**calibration.report, "focal_search": focal_search,
+                                                 "intrinsics": "focal length chosen by landmark reprojection error "
+                                                               f"among {list(FOCAL_CANDIDATES)} x the longer side"})
+            log.warning("no --calibration given: the cameras were estimated (%s); see meta.prepare.calibration",
+                        calibration.report.get("method", "default intrinsics"))
+        records = calibration.cameras
+        cache.set_cameras(records)
+        report("cameras", 1, 1)
+
+        fit = fit_tracking(store, seen, records, template, options.fit, report)
+        write_template(cache, template)
+        for name, array in (("pose", fit.pose), ("blend_weights", fit.blend_weights)):
+            cache.write_array(f"tracking/{name}", array.astype(np.float32), stage=STAGE, per_frame=True)
+
+        mesh = template_mesh(template)
+        unseen_texels = extract_textures(cache, names, records, mesh, fit, options.texture_size, options.chunk,
+                                         report)
+        plates = clean_plates(cache, names, records, mesh, fit, options.clean_plates)
+        summary = {
+            "calibration": {"estimated": calibration.estimated, **calibration.report},
+            "template": {"camera": names[k], "frames_in_neutral": template.frames_used},
+            "faces": {name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)},
+            "fit": fit_report(fit, names),
+            "textures": {"size": options.texture_size, "never_seen_texel_fraction": round(unseen_texels, 4)},
+            "clean_plates": plates,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        cache.set_meta(prepare=summary, complete=True)
+        from avatar_lightning.capture.report import write_report
+
+        write_report(cache, staging / "report", mesh, fit, names, records)
+        commit_staging(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CaptureCache(out)
+
+
+def estimate_cameras(store: LandmarkStore, seen: np.ndarray, info: CaptureInfo, names: Sequence[str],
+                     template: ActorTemplate) -> calib.Calibration:
+    """Cameras by bundle adjustment of FaceMesh landmarks (the first camera is the world frame)."""
+    rows = evenly(np.flatnonzero(seen.sum(1) >= min(2, len(names))), 4 * CALIBRATION_SAMPLE)
+    mesh_points = template.template.vertices[:MESH_LANDMARKS].astype(np.float64)
+    return calib.estimate_calibration(store.read(rows)[:, :, :MESH_LANDMARKS], seen[rows], info.sizes, names,
+                                      mesh_points, max_frames=CALIBRATION_SAMPLE)

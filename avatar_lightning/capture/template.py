@@ -1,0 +1,90 @@
+"""The actor's own head template: their neutral FaceMesh shape with the synthetic actor's topology and blend shapes.
+
+The template is built by the same builder as the synthetic actor's (:func:`synth.face.template_from_landmarks`,
+:func:`synth.blendshapes.build_blend_basis`): the FaceMesh tessellation with closed eyes and mouth, the mouth
+island in UV space and the 17 semantic blend shapes, so a real actor's cache means what a synthetic one does.
+Only the rest shape differs: the actor's neutral face, estimated from their landmarks.
+
+The neutral is the per-coordinate median of frontalised landmark sets (similarity-aligned to a fixed reference
+on the rigid landmarks) over the frames whose mouth and brows are most at rest and whose eyes are open: a
+talking person's median face is close to neutral, and restricting to calm frames removes most of the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from avatar_lightning.features.mediapipe_landmarks import reference_landmarks, similarity_align
+from avatar_lightning.synth import face as F
+from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES, build_blend_basis
+
+CALM_FRACTION = 0.3  # of the frames, the calmest are averaged into the neutral
+UV_FACE_WIDTH = 300.0  # the neutral's width in the builder's pixel-like units (sets the UV crop's rounding only)
+
+
+@dataclass(frozen=True)
+class ActorTemplate:
+    """The actor's template mesh (metres, head frame: x right, y down, z away from a frontal camera).
+
+    Attributes:
+        template: vertices, triangles, uvs, uv_triangles (as the synthetic actor's).
+        blend_basis: ``(17, V, 3)`` float32, in the order of ``BLEND_SHAPE_NAMES``.
+        neutral: ``(478, 3)`` the frontalised neutral landmarks (reference units) it was built from.
+        frames_used: how many frames entered the median.
+    """
+
+    template: F.FaceTemplate
+    blend_basis: np.ndarray
+    neutral: np.ndarray
+    frames_used: int
+
+    @property
+    def blend_shape_names(self) -> tuple[str, ...]:
+        return BLEND_SHAPE_NAMES
+
+
+def _openings(aligned: np.ndarray) -> dict[str, np.ndarray]:
+    """Scale-free openings per frame of frontalised landmarks ``(B, 478, 3)``: mouth, eyes, brows (``(B,)`` each)."""
+
+    def gap(a: int, b: int) -> np.ndarray:
+        return np.linalg.norm(aligned[:, a, :2] - aligned[:, b, :2], axis=-1)
+
+    return {
+        "mouth": gap(13, 14),
+        "eyes": gap(159, 145) + gap(386, 374),
+        "brows": gap(105, 33) + gap(334, 263),
+    }
+
+
+def frontalise(landmarks: np.ndarray) -> np.ndarray:
+    """``(B, 478, 3)`` pixel landmarks -> aligned to the frontal reference (rotation, translation, scale removed)."""
+    return similarity_align(np.asarray(landmarks, np.float64), reference_landmarks())
+
+
+def neutral_shape(landmarks: np.ndarray) -> tuple[np.ndarray, int]:
+    """The neutral ``(478, 3)`` from landmark sets ``(B, 478, 3)`` of one camera (frames with a face only)."""
+    if len(landmarks) == 0:
+        raise ValueError("no frame with a face to build the actor's template from")
+    aligned = frontalise(landmarks)
+    open_ = _openings(aligned)
+    # Calm: mouth closed, brows low, eyes open. Rank each, keep the frames best on the sum of ranks.
+    score = (np.argsort(np.argsort(open_["mouth"])) + np.argsort(np.argsort(open_["brows"]))
+             + np.argsort(np.argsort(-open_["eyes"])))
+    keep = max(1, int(round(CALM_FRACTION * len(aligned))))
+    calm = np.argsort(score)[:keep]
+    return np.median(aligned[calm], axis=0), len(calm)
+
+
+def build_actor_template(landmarks: np.ndarray) -> ActorTemplate:
+    """Template and blend shapes of the actor whose landmark sets ``(B, 478, 3)`` (pixels) are given."""
+    neutral, used = neutral_shape(landmarks)
+    points = neutral[: F.NUM_LANDMARKS]
+    oval = points[list(F.FACE_OVAL)]
+    scale = UV_FACE_WIDTH / (oval[:, 0].max() - oval[:, 0].min())
+    corner = np.r_[points[:, :2].min(0), 0.0]
+    px = (points - corner) * scale + np.array([UV_FACE_WIDTH / 4, UV_FACE_WIDTH / 4, 0.0])  # positive, some margin
+    template = F.template_from_landmarks(px, topology=F.astronaut_photo().landmarks)
+    return ActorTemplate(template=template, blend_basis=build_blend_basis(template), neutral=neutral,
+                         frames_used=used)
