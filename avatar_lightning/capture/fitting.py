@@ -47,7 +47,7 @@ class FitSettings:
         damping: Levenberg damping, relative to the diagonal.
     """
 
-    iterations: int = 10
+    iterations: int = 5
     chunk: int = 64
     huber: float = 0.01
     smooth_rotation: float = 3e-3

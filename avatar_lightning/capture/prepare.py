@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -44,6 +45,7 @@ from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean
 from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
 from avatar_lightning.render import Cameras, Mesh, RasterSettings
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
+from avatar_lightning.template import load_template
 
 STAGE = "prepare"
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ FOCAL_SAMPLE = 60  # frames the monocular focal search fits
 # a near weak-perspective model, so its faces fit best with long lenses; the search picks by reprojection error.
 FOCAL_CANDIDATES = (1.2, 2.0, 3.0, 4.5, 7.0, 10.0, 15.0)
 TEXTURE_MEAN_SAMPLE = 32
+FACE_TEXTURE_SHARE = 0.67  # of the UV layout's height the face (forehead to chin) spans
 MESH_LANDMARKS = 468  # FaceMesh's mesh points; the 10 iris points have no template vertex
 PLATE_SAMPLE = 48
 
@@ -224,19 +227,36 @@ def write_template(cache: CaptureCache, template: ActorTemplate) -> None:
     cache.write_array("template/blend_basis", template.blend_basis, stage=STAGE)
 
 
-def template_mesh(template: ActorTemplate) -> Mesh:
-    t = template.template
-    return Mesh(vertices=torch.from_numpy(t.vertices), triangles=torch.from_numpy(t.triangles),
-                uvs=torch.from_numpy(t.uvs), uv_triangles=torch.from_numpy(t.uv_triangles),
-                blend_basis=torch.from_numpy(template.blend_basis))
-
-
 def camera_list(records: Sequence[CameraRecord]) -> list[Cameras]:
     return [Cameras.from_dict(r) for r in records]
 
 
-def _images(cache: CaptureCache, names: Sequence[str], rows: np.ndarray | slice) -> list[torch.Tensor]:
-    return [torch.from_numpy(np.asarray(cache.array(f"cameras/{n}/frames")[rows], np.float32) / 255) for n in names]
+def _images(cache: CaptureCache, names: Sequence[str], rows: np.ndarray | slice,
+            sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    """Frames as float tensors in [0, 1], area-resized to ``sizes[c] = (width, height)`` where given."""
+    out = []
+    for k, name in enumerate(names):
+        frames = np.asarray(cache.array(f"cameras/{name}/frames")[rows])
+        if sizes is not None and sizes[k] != (frames.shape[2], frames.shape[1]):
+            frames = np.stack([cv2.resize(f, sizes[k], interpolation=cv2.INTER_AREA) for f in frames])
+        out.append(torch.from_numpy(frames.astype(np.float32) / 255))
+    return out
+
+
+def texture_cameras(records: Sequence[CameraRecord], fit: FitResult, size: int) -> list[Cameras]:
+    """Each camera at the resolution texture extraction needs: about two pixels per texel across the face.
+
+    The face spans about :data:`FACE_TEXTURE_SHARE` of the texture's height; a larger image only costs time
+    (the rasteriser's z-buffer is at the image's size), so it is area-averaged down to that.
+    """
+    out = []
+    for k, record in enumerate(records):
+        face = float(np.nanmedian(fit.face_height[:, k])) if np.isfinite(fit.face_height[:, k]).any() else 0.0
+        scale = min(1.0, 2 * FACE_TEXTURE_SHARE * size / face) if face > 0 else 1.0
+        camera = Cameras.from_dict(record)
+        width, height = max(8, round(record.width * scale)), max(8, round(record.height * scale))
+        out.append(camera if scale == 1.0 else camera.resized(width, height))
+    return out
 
 
 def extract_textures(cache: CaptureCache, names: Sequence[str], records: Sequence[CameraRecord], mesh: Mesh,
@@ -244,20 +264,21 @@ def extract_textures(cache: CaptureCache, names: Sequence[str], records: Sequenc
     """Write ``tracking/textures (N, T, T, 3) uint8``; returns the share of texels never seen by any camera."""
     n = len(fit.pose)
     settings = RasterSettings(near=0.05, far=50.0)
-    cams = camera_list(records)
+    cams = texture_cameras(records, fit, size)
+    sizes = [c.image_size for c in cams]
     pose, blend = torch.from_numpy(fit.pose), torch.from_numpy(fit.blend_weights)
     sample = evenly(np.arange(n), TEXTURE_MEAN_SAMPLE)
     with torch.no_grad():
         verts = mesh.deform(blend[sample], pose[sample])
-        colour, weight = fuse_cameras(mesh, verts, _images(cache, names, sample), cams, size, settings)
+        colour, weight = fuse_cameras(mesh, verts, _images(cache, names, sample, sizes), cams, size, settings)
         running = RunningTexture(mean_texture(colour, weight))
         with cache.array_writer("tracking/textures", (n, size, size, 3), np.uint8, stage=STAGE,
                                 per_frame=True) as textures:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 verts = mesh.deform(blend[start:stop], pose[start:stop])
-                colour, weight = fuse_cameras(mesh, verts, _images(cache, names, slice(start, stop)), cams, size,
-                                              settings)
+                images = _images(cache, names, slice(start, stop), sizes)
+                colour, weight = fuse_cameras(mesh, verts, images, cams, size, settings)
                 textures[start:stop] = to_uint8(running.update(colour, weight))
                 progress("UV textures", stop, n)
     covered = _uv_coverage(mesh, size)
@@ -378,7 +399,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         for name, array in (("pose", fit.pose), ("blend_weights", fit.blend_weights)):
             cache.write_array(f"tracking/{name}", array.astype(np.float32), stage=STAGE, per_frame=True)
 
-        mesh = template_mesh(template)
+        mesh = load_template(cache)
         unseen_texels = extract_textures(cache, names, records, mesh, fit, options.texture_size, options.chunk,
                                          report)
         plates = clean_plates(cache, names, records, mesh, fit, options.clean_plates)

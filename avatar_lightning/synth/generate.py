@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -85,7 +86,7 @@ def _meta(preset_name: str, identity: int, seed: int) -> dict:
 
 def generate(
     out: str | Path,
-    preset: str = "small",
+    preset: str | SynthPreset = "small",
     identity: int = 0,
     seed: int = 0,
     overwrite: bool = False,
@@ -99,15 +100,20 @@ def generate(
 
     An existing different cache is refused unless ``overwrite``; the same finished cache is kept as it is.
     """
-    if preset not in PRESETS:
+    if isinstance(preset, SynthPreset):  # a custom size (tests, benchmarks): named by its settings
+        config, preset = preset, "custom"
+    elif preset not in PRESETS:
         raise CacheError(f"unknown preset {preset!r}; presets are {sorted(PRESETS)}")
+    else:
+        config = PRESETS[preset]
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise CacheError(f"seed must be an integer, got {seed!r}")
     if identity < 0:
         raise CacheError(f"identity must be >= 0, got {identity}")
     out = Path(out)
-    config = PRESETS[preset]
     meta = _meta(preset, identity, seed)
+    if preset == "custom":
+        meta["preset_config"] = json.loads(json.dumps(asdict(config)))  # as the manifest will hold it
     if (out / "manifest.json").exists():
         try:
             existing = CaptureCache(out)

@@ -1,0 +1,152 @@
+"""``prepare`` end to end: mp4 files of a small synthetic capture in, a cache the whole chain reads out.
+
+The synthetic actor's videos stand in for a studio's: ``prepare`` sees only the mp4 files, and its results are
+scored against the truth the synthetic cache keeps. Bad input gets one clear message and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar_lightning.cache import CaptureCache
+from avatar_lightning.capture.calibration import save_calibration
+from avatar_lightning.capture.evaluate import export_videos, score_prepared
+from avatar_lightning.capture.prepare import PrepareOptions, prepare_capture
+from avatar_lightning.cli import main
+from avatar_lightning.synth.generate import SynthPreset, generate
+from avatar_lightning.video import write_video
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Faces ~80 px high (MediaPipe needs that much); 3.2 s in all.
+PRESET = SynthPreset(160, 160, 64, 25.0, (2.0,), 0.4, 0.8, 1.0, supersampling=1)
+SPLIT = PrepareOptions(test_seconds=0.8, val_seconds=0.4, texture_size=64)
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> CaptureCache:
+    return generate(tmp_path_factory.mktemp("capture") / "truth", preset=PRESET, seed=3, previews=False)
+
+
+@pytest.fixture(scope="module")
+def videos(truth: CaptureCache) -> list[Path]:
+    return export_videos(truth, truth.root.parent / "videos")
+
+
+@pytest.fixture(scope="module")
+def mono(truth: CaptureCache, videos: list[Path]) -> CaptureCache:
+    calibration = save_calibration(truth.cameras[:1], truth.root.parent / "frontal.json")
+    options = PrepareOptions(**{**SPLIT.__dict__, "calibration": str(calibration)})
+    return prepare_capture([str(videos[0])], truth.root.parent / "mono", options)
+
+
+def test_prepared_cache_holds_what_every_stage_reads(mono: CaptureCache, truth: CaptureCache) -> None:
+    assert main(["inspect", str(mono.root)]) == 0
+    n = truth.num_frames
+    assert mono.num_frames == n and mono.fps == truth.fps
+    assert [(s.name, s.split) for s in mono.sequences] == [("train", "train"), ("val", "val"), ("test", "test")]
+    assert mono.sequences[-1].num_frames == 20 and mono.sequences[-1].last == n - 1
+    assert mono.record("tracking/pose").shape == (n, 6)
+    blend = mono.read("tracking/blend_weights")
+    assert blend.shape == (n, 17) and blend.min() >= 0 and blend.max() <= 1
+    assert mono.record("tracking/textures").shape == (n, 64, 64, 3) and mono.record("tracking/textures").dtype == "uint8"
+    assert mono.read("cameras/cam0/clean_plate").shape == (160, 160, 3)
+    assert np.array_equal(np.sort(mono.read("template/triangles"), 1), np.sort(truth.read("template/triangles"), 1))
+    meta = mono.manifest.meta
+    assert meta["complete"] and not meta["prepare"]["calibration"]["estimated"]
+    assert (mono.root / "report" / "grid.png").stat().st_size > 10_000
+    assert not list(mono.root.parent.glob(".mono.prepare-*")), "a staging folder was left behind"
+
+
+def test_prepared_tracking_matches_the_synthetic_truth(mono: CaptureCache, truth: CaptureCache) -> None:
+    scores = score_prepared(mono, truth)
+    assert scores["median_rotation_error_deg"] < 3.0, scores
+    assert scores["median_reprojection_of_face_height"] < 0.02, scores
+    assert scores["blend_correlation"]["jaw_open"] > 0.6, scores
+    assert scores["texture_psnr_db"] > 12, scores
+    # A frozen pose would score far worse: the error must respond to the truth's motion.
+    frozen = np.broadcast_to(mono.read("tracking/pose").mean(0), (mono.num_frames, 6))
+    from avatar_lightning.capture.evaluate import rotation_errors
+
+    assert np.median(rotation_errors(frozen, truth.read("truth/pose"), np.eye(3))) > 2 * scores[
+        "median_rotation_error_deg"]
+
+
+def test_three_cameras_with_estimated_calibration(truth: CaptureCache, videos: list[Path], tmp_path: Path) -> None:
+    cache = prepare_capture([str(v) for v in videos], tmp_path / "rig", SPLIT)
+    report = cache.manifest.meta["prepare"]["calibration"]
+    assert report["estimated"] and "bundle adjustment" in report["method"]
+    assert np.allclose(cache.cameras[0].R, np.eye(3)) and not np.allclose(cache.cameras[1].R, np.eye(3))
+    # The left diagonal camera sits to the image left of the frontal one (x < 0 in camera 0's frame).
+    centre = -np.array(cache.cameras[1].R).T @ np.array(cache.cameras[1].t)
+    assert centre[0] < -0.05
+    assert score_prepared(cache, truth)["median_rotation_error_deg"] < 5.0
+
+
+def test_the_chain_runs_on_a_prepared_cache(mono: CaptureCache, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "actor"
+    shutil.copytree(mono.root, root)
+    assert main(["features", "--cache", str(root), "--extractor", "mediapipe"]) == 0
+    runs = tmp_path / "runs"
+    base = ["fit", "--config", str(REPO_ROOT / "experiments" / "head_vae.yaml"),
+            "--config", str(REPO_ROOT / "experiments" / "head_vae_tiny.yaml"),
+            f"--data.init_args.cache_dir={root}", f"--trainer.default_root_dir={runs}",
+            f"--trainer.logger.init_args.save_dir={runs}", "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=1", "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    assert main(base) == 0
+    ckpt = next(runs.rglob("last.ckpt"))
+    assert main(["encode", "--ckpt", str(ckpt), "--cache", str(root), "--name", "head_vae"]) == 0
+    assert main(["render-mesh", "--ckpt", str(ckpt), "--cache", str(root), "--name", "head_vae"]) == 0
+    cache = CaptureCache(root)
+    assert cache.record("renders/head_vae/cam0").shape == (cache.num_frames, 160, 160, 3)
+    coverage = cache.read("renders/head_vae/cam0.mask")
+    assert coverage.mean() > 0.05, "the fitted mesh must land on the frames"
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _prepare(tmp_path: Path, *videos: str, extra: tuple[str, ...] = ()) -> int:
+    return main(["prepare", "--out", str(tmp_path / "out"), *[f"--video={v}" for v in videos], *extra])
+
+
+def test_missing_and_corrupt_videos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _prepare(tmp_path, str(tmp_path / "none.mp4")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
+    assert _prepare(tmp_path, str(tmp_path / "junk.mp4")) == 2
+    assert "not a readable video" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_camera_without_a_face_is_named(tmp_path: Path, videos: list[Path], capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, (80, 160, 160, 3), dtype=np.uint8)
+    blank = write_video(tmp_path / "wall.mp4", noise, 25.0)
+    assert _prepare(tmp_path, str(videos[0]), str(blank), extra=("--test-seconds=0.8", "--val-seconds=0.4")) == 2
+    err = capsys.readouterr().err
+    assert "wall.mp4" in err and "no face" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_cameras_of_different_length_and_a_too_short_clip(tmp_path: Path, videos: list[Path], truth: CaptureCache,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    short = write_video(tmp_path / "short.mp4", truth.read("cameras/frontal/frames", 0, 40), 25.0)
+    assert _prepare(tmp_path, str(videos[0]), str(short)) == 2
+    assert "differ in length" in capsys.readouterr().err
+    assert _prepare(tmp_path, str(short), extra=("--test-seconds=1.2", "--val-seconds=0.4")) == 2
+    assert "too short" in capsys.readouterr().err
+    bad = tmp_path / "cams.json"
+    bad.write_text("{}")
+    assert _prepare(tmp_path, str(short), extra=(f"--calibration={bad}",)) == 2
+    assert "cams.json" in capsys.readouterr().err
+
+
+def test_an_existing_cache_is_never_replaced_without_overwrite(mono: CaptureCache, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    before = (mono.root / "manifest.json").read_text()
+    code = main(["prepare", "--out", str(mono.root), "--video", str(mono.manifest.meta["sources"][0])])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (mono.root / "manifest.json").read_text() == before

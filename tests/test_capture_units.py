@@ -1,0 +1,292 @@
+"""The capture stage's parts on their own: sources, split, the tracking solver, calibration, clean plates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avatar_lightning.cache import CacheError, CameraRecord
+from avatar_lightning.capture import calibration as calib
+from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
+from avatar_lightning.capture.fitting import HeadTracker, RigCameras, initial_pose, solve_block_tridiagonal
+from avatar_lightning.capture.sources import CameraSource, probe_capture
+from avatar_lightning.capture.split import time_split
+from avatar_lightning.features.mediapipe_landmarks import RIGID_LANDMARKS
+from avatar_lightning.render import Cameras
+from avatar_lightning.video import write_video
+
+
+# ---------------------------------------------------------------------------------------------- sources, split
+def test_camera_source_parses_regions() -> None:
+    assert CameraSource.parse("a/b.mp4") == CameraSource(Path("a/b.mp4"))
+    assert CameraSource.parse("grid@x.mp4@0,360,247,360") == CameraSource(Path("grid@x.mp4"), (0, 360, 247, 360))
+    with pytest.raises(CacheError, match="positive"):
+        CameraSource.parse("v.mp4@0,0,0,10")
+
+
+def _video(path: Path, frames: int, fps: float = 25.0, size: int = 32) -> Path:
+    rng = np.random.default_rng(frames)
+    return write_video(path, rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8), fps)
+
+
+def test_cameras_of_different_length_or_rate_are_refused_by_name(tmp_path: Path) -> None:
+    a, b = _video(tmp_path / "a.mp4", 10), _video(tmp_path / "b.mp4", 12)
+    with pytest.raises(CacheError, match=r"b\.mp4.*12 frames"):
+        probe_capture([CameraSource(a), CameraSource(b)])
+    c = _video(tmp_path / "c.mp4", 10, fps=30.0)
+    with pytest.raises(CacheError, match="frame rate"):
+        probe_capture([CameraSource(a), CameraSource(c)])
+    with pytest.raises(CacheError, match="outside"):
+        probe_capture([CameraSource(a, (16, 16, 20, 20))])
+    info = probe_capture([CameraSource(a, (0, 0, 16, 8)), CameraSource(a, (16, 8, 16, 8))])
+    assert info.num_frames == 10 and info.sizes == ((16, 8), (16, 8))
+
+
+def test_split_keeps_the_papers_tail_and_refuses_short_clips() -> None:
+    long = time_split(25 * 180, 25.0)
+    assert [(s.name, s.split, s.num_frames) for s in long] == [
+        ("train", "train", 25 * 140), ("val", "val", 250), ("test", "test", 750)]
+    short = time_split(1779, 25.0)  # the 71 s anchor: fractions
+    assert short[-1].num_frames == round(0.2 * 1779) and short[-1].last == 1778
+    assert time_split(100, 25.0, test_seconds=1, val_seconds=0.4)[0].num_frames == 65
+    with pytest.raises(CacheError, match="too short"):
+        time_split(40, 25.0, test_seconds=1.0, val_seconds=0.5)
+
+
+# ---------------------------------------------------------------------------------------------- tracking
+def _toy_face(rng: np.random.Generator, vertices: int = 468, shapes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A face-sized point cloud (an ellipsoid cap ~15 cm wide) and a random smooth-ish blend basis."""
+    u, v = rng.uniform(-1, 1, vertices), rng.uniform(-1, 1, vertices)
+    points = np.stack([0.07 * u, 0.09 * v, -0.09 + 0.03 * (u**2 + v**2)], 1)
+    basis = rng.normal(0, 0.004, (shapes, vertices, 3))
+    return points, basis
+
+
+def _rig(num: int = 2) -> RigCameras:
+    cams = Cameras.look_at([[0.0, 0.0, -1.0], [0.5, 0.0, -0.87]][:num], [0, 0, 0], width=256, height=256,
+                           focal=600.0, dtype=torch.float64)
+    return RigCameras(cams.K, cams.R, cams.t)
+
+
+def test_analytic_jacobian_matches_autodiff() -> None:
+    rng = np.random.default_rng(0)
+    points, basis = _toy_face(rng)
+    tracker = HeadTracker(points, basis, _rig())
+    theta = torch.tensor(rng.normal(0, 0.2, (3, 10)), dtype=torch.float64)
+    target = torch.zeros(3, 2, 468, 2, dtype=torch.float64)
+    scale = torch.full((3, 2), 120.0, dtype=torch.float64)
+    _, analytic = tracker.residuals(theta, target, scale)
+
+    def single(t: torch.Tensor) -> torch.Tensor:  # the residual from the forward model alone
+        return ((tracker.landmarks_of(t) - target[0]) / scale[0][:, None, None]).reshape(-1)
+
+    numeric = torch.stack([torch.func.jacfwd(single)(row) for row in theta])
+    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_block_tridiagonal_solve_matches_dense() -> None:
+    rng = np.random.default_rng(1)
+    b, p = 5, 4
+    a = rng.normal(size=(b, p, p))
+    blocks = a @ a.transpose(0, 2, 1) + 3 * np.eye(p)
+    off = -rng.uniform(0.1, 0.5, p)
+    rhs = rng.normal(size=(b, p))
+    dense = np.zeros((b * p, b * p))
+    for i in range(b):
+        dense[i * p : (i + 1) * p, i * p : (i + 1) * p] = blocks[i] + 0.01 * np.diag(np.diag(blocks[i]))
+        if i + 1 < b:
+            dense[i * p : (i + 1) * p, (i + 1) * p : (i + 2) * p] = np.diag(off)
+            dense[(i + 1) * p : (i + 2) * p, i * p : (i + 1) * p] = np.diag(off)
+    np.testing.assert_allclose(solve_block_tridiagonal(blocks, off, rhs, 0.01).reshape(-1),
+                               np.linalg.solve(dense, rhs.reshape(-1)), rtol=1e-8)
+
+
+def test_tracker_recovers_known_pose_and_weights_despite_outliers() -> None:
+    rng = np.random.default_rng(2)
+    points, basis = _toy_face(rng)
+    rig = _rig()
+    tracker = HeadTracker(points, basis, rig)
+    n = 40
+    t = np.linspace(0, 1, n)
+    true = np.zeros((n, 10))
+    true[:, 1] = 0.3 * np.sin(2 * np.pi * t)  # yaw +-17 degrees
+    true[:, 0] = 0.1 * np.cos(2 * np.pi * t)
+    true[:, 3:6] = [0.01, -0.005, 0.02]
+    true[:, 6:] = np.clip(0.5 + 0.5 * np.sin(2 * np.pi * (t[:, None] + np.arange(4) / 4)), 0, 1)
+    pixels = tracker.landmarks_of(torch.tensor(true)).numpy()  # (N, C, V, 2)
+    pixels = pixels + rng.normal(0, 0.3, pixels.shape)
+    bad = rng.random(pixels.shape[:3]) < 0.05
+    pixels[bad] += 25.0  # FaceMesh slips on a few landmarks
+    landmarks = np.concatenate([pixels, np.zeros((*pixels.shape[:3], 1))], -1)
+    seen = np.ones((n, 2), bool)
+    seen[10:14, 1] = False  # the second camera loses the face for a moment
+    landmarks[10:14, 1] = np.nan
+    result = tracker.fit(lambda a, b: (landmarks[a:b], seen[a:b]), n, np.zeros((n, 6)))
+    rot_err = np.degrees(np.linalg.norm(result.pose[:, :3] - true[:, :3], axis=1))
+    assert np.median(rot_err) < 0.5
+    assert np.abs(result.pose[:, 3:] - true[:, 3:6]).max() < 0.005
+    assert np.abs(result.blend_weights - true[:, 6:]).mean() < 0.05
+    assert ((result.blend_weights >= 0) & (result.blend_weights <= 1)).all()
+    assert np.isnan(result.rms[10:14, 1]).all() and np.isfinite(result.rms[:, 0]).all()
+
+
+def test_initial_pose_is_close_to_the_truth_under_weak_perspective() -> None:
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(3)
+    points, _ = _toy_face(rng)
+    K = np.array([[3000.0, 0, 128], [0, 3000.0, 128], [0, 0, 1]])
+    rot = Rotation.from_euler("YXZ", [0.3, -0.1, 0.05])
+    cam_points = rot.apply(points) + [0.01, 0.02, 5.0]
+    uv = cam_points @ K.T
+    uv = uv[:, :2] / uv[:, 2:]
+    z = (cam_points[:, 2] - cam_points[:, 2].mean()) * K[0, 0] / 5.0
+    pose = initial_pose(np.c_[uv, z][None], points, K, np.eye(3), np.zeros(3))[0]
+    assert np.degrees((Rotation.from_rotvec(pose[:3]) * rot.inv()).magnitude()) < 1.0
+    assert abs(pose[5] - 5.0) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def _records() -> list[CameraRecord]:
+    cams = Cameras.look_at([[0.0, 0.0, -1.0], [0.5, 0.0, -0.87]], [0, 0, 0], width=64, height=48, focal=80.0,
+                           dtype=torch.float64)
+    return [CameraRecord(f"cam{i}", **d) for i, d in enumerate(cams.as_dicts())]
+
+
+def test_calibration_round_trips_with_opencv_centres(tmp_path: Path) -> None:
+    records = _records()
+    path = calib.save_calibration(records, tmp_path / "cams.json")
+    assert json.loads(path.read_text())["cameras"][0]["K"][0][2] == pytest.approx(31.5)  # OpenCV: centre - 0.5
+    loaded = calib.load_calibration(path, ["a", "b"], [(64, 48), (64, 48)])
+    assert not loaded.estimated and [c.name for c in loaded.cameras] == ["a", "b"]
+    np.testing.assert_allclose(loaded.cameras[1].K, records[1].K)
+    np.testing.assert_allclose(loaded.cameras[1].R, records[1].R, atol=1e-12)
+    assert loaded.distortion == [None, None]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: "not json", "not valid JSON"),
+    (lambda d: {"cams": []}, "no 'cameras' list"),
+    (lambda d: {"cameras": d["cameras"][:1]}, "1 cameras in the file but 2"),
+    (lambda d: {"cameras": [{k: v for k, v in d["cameras"][0].items() if k != "R"}, d["cameras"][1]]}, "lacks"),
+    (lambda d: {"cameras": [{**d["cameras"][0], "K": [[1, 0], [0, 1]]}, d["cameras"][1]]}, "shape"),
+    (lambda d: {"cameras": [{**d["cameras"][0], "t": [0, float("nan"), 0]}, d["cameras"][1]]}, "NaN"),
+    (lambda d: {"cameras": [{**d["cameras"][0], "R": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]}, d["cameras"][1]]},
+     "not a rotation"),
+    (lambda d: {"cameras": [{**d["cameras"][0], "width": 100}, d["cameras"][1]]}, "100x48 but its video"),
+    (lambda d: {"cameras": [{**d["cameras"][0], "dist": [0.1, 0.2, 0.3]}, d["cameras"][1]]}, "dist must hold"),
+])
+def test_malformed_calibration_names_the_file(tmp_path: Path, edit, message: str) -> None:
+    path = calib.save_calibration(_records(), tmp_path / "cams.json")
+    changed = edit(json.loads(path.read_text()))
+    path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(CacheError, match=message) as error:
+        calib.load_calibration(path, ["a", "b"], [(64, 48), (64, 48)])
+    assert str(path) in str(error.value)
+
+
+def test_missing_calibration_file() -> None:
+    with pytest.raises(CacheError, match="does not exist"):
+        calib.load_calibration("/nonexistent/cams.json", ["a"], [(64, 48)])
+
+
+def _facemesh_like(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Pixels of world points plus FaceMesh's relative depth in pixel units."""
+    xc = points @ R.T + t
+    uv = xc @ K.T
+    uv = uv[..., :2] / uv[..., 2:]
+    depth = xc[..., 2]
+    z = (depth - depth.mean(-1, keepdims=True)) * K[0, 0] / depth.mean(-1, keepdims=True)
+    return np.concatenate([uv, z[..., None]], -1)
+
+
+@pytest.mark.parametrize("outliers", [0.0, 0.05])
+def test_bundle_adjustment_recovers_a_three_camera_rig(outliers: float) -> None:
+    from scipy.spatial.transform import Rotation
+
+    from avatar_lightning.synth.scene import make_cameras
+
+    rng = np.random.default_rng(4)
+    reference, _ = _toy_face(rng)
+    truth = make_cameras(("frontal", "diagonal_left", "diagonal_right"), 256, 256, 0.5)
+    K = np.stack([np.array(calib.default_intrinsics(256, 256))] * 3)  # the lens the estimate assumes
+    R, t = truth.R.double().numpy(), truth.t.double().numpy()
+    n = 30
+    yaw = np.radians(rng.uniform(-25, 25, n))
+    poses = Rotation.from_euler("YXZ", np.c_[yaw, rng.normal(0, 0.05, (n, 2))])
+    shift = rng.normal(0, 0.01, (n, 3))
+    world = np.stack([poses[i].apply(reference) + shift[i] for i in range(n)])  # (N, V, 3)
+    landmarks = np.stack([_facemesh_like(world, K[k], R[k], t[k]) for k in range(3)], 1)  # (N, C, V, 3)
+    landmarks[..., :2] += rng.normal(0, 0.5, landmarks[..., :2].shape)
+    bad = rng.random(landmarks.shape[:3]) < outliers
+    landmarks[..., :2][bad] += 30.0
+    valid = np.ones((n, 3), bool)
+    result = calib.estimate_calibration(landmarks, valid, [(256, 256)] * 3, ["a", "b", "c"], reference,
+                                        refine_focal=False)
+    # Truth in camera 0's frame: R_k R_0^T, centre R_0 (c_k) + t_0.
+    for k in (1, 2):
+        rel_true = R[k] @ R[0].T
+        est = np.array(result.cameras[k].R)
+        assert np.degrees(Rotation.from_matrix(est @ rel_true.T).magnitude()) < 1.5
+        centre_true = R[0] @ (-R[k].T @ t[k]) + t[0]
+        centre_est = -est.T @ np.array(result.cameras[k].t)
+        assert np.linalg.norm(centre_est - centre_true) < 0.03
+    assert result.estimated and result.report["reprojection"]["b"]["median_px"] < 1.5
+
+
+def test_estimate_refuses_cameras_that_never_share_a_face() -> None:
+    landmarks = np.zeros((4, 2, 468, 3))
+    valid = np.array([[True, False]] * 2 + [[False, True]] * 2)
+    with pytest.raises(CacheError, match="--calibration"):
+        calib.estimate_calibration(landmarks, valid, [(64, 64)] * 2, ["a", "b"], np.zeros((468, 3)))
+    with pytest.raises(CacheError, match="never sees a face"):
+        calib.estimate_calibration(landmarks, np.array([[True, False]] * 4), [(64, 64)] * 2, ["a", "b"],
+                                   np.zeros((468, 3)))
+    single = calib.estimate_calibration(landmarks[:, :1], valid[:, :1], [(64, 48)], ["a"], np.zeros((468, 3)))
+    assert single.cameras[0].R == np.eye(3).tolist() and single.cameras[0].K == calib.default_intrinsics(64, 48)
+
+
+# ---------------------------------------------------------------------------------------------- clean plates
+def test_clean_plate_is_the_background_behind_a_moving_head() -> None:
+    rng = np.random.default_rng(5)
+    background = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    frames, masks = [], []
+    for x in range(10, 50, 4):  # a head (a grey square) crossing the frame
+        frame = background.copy()
+        frame[10:25, x - 5 : x + 5] = 128
+        mask = np.zeros((40, 60), bool)
+        mask[8:27, x - 7 : x + 7] = True
+        frames.append(frame)
+        masks.append(mask)
+    estimate = estimate_plate(np.stack(frames), np.stack(masks))
+    assert estimate.unseen_fraction == 0
+    np.testing.assert_array_equal(estimate.plate, background)
+    still = estimate_plate(np.stack(frames[:1] * 3), np.stack(masks[:1] * 3))  # never moves: inpainted, reported
+    assert still.unseen_fraction == pytest.approx(masks[0].mean())
+
+
+def test_head_mask_covers_the_face_and_more() -> None:
+    face = np.array([[20.0, 20], [40, 20], [40, 45], [20, 45]])
+    mask = head_mask(face, 80, 100)
+    assert mask[20:45, 20:40].all() and mask.sum() > 2 * 20 * 25 and not mask[:, :5].any()
+
+
+def test_bad_clean_plate_files(tmp_path: Path) -> None:
+    import cv2
+
+    with pytest.raises(CacheError, match="does not exist"):
+        load_plate(tmp_path / "none.png", 8, 8)
+    (tmp_path / "bad.png").write_text("nope")
+    with pytest.raises(CacheError, match="not a readable image"):
+        load_plate(tmp_path / "bad.png", 8, 8)
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(CacheError, match="4x4 but its camera"):
+        load_plate(tmp_path / "small.png", 8, 8)
+
+
+def test_rigid_landmarks_are_mesh_points() -> None:
+    assert max(RIGID_LANDMARKS) < 468
