@@ -51,7 +51,8 @@ def test_prepared_cache_holds_what_every_stage_reads(mono: CaptureCache, truth: 
     assert mono.record("tracking/pose").shape == (n, 6)
     blend = mono.read("tracking/blend_weights")
     assert blend.shape == (n, 17) and blend.min() >= 0 and blend.max() <= 1
-    assert mono.record("tracking/textures").shape == (n, 64, 64, 3) and mono.record("tracking/textures").dtype == "uint8"
+    textures = mono.record("tracking/textures")
+    assert textures.shape == (n, 64, 64, 3) and textures.dtype == "uint8"
     assert mono.read("cameras/cam0/clean_plate").shape == (160, 160, 3)
     assert np.array_equal(np.sort(mono.read("template/triangles"), 1), np.sort(truth.read("template/triangles"), 1))
     meta = mono.manifest.meta

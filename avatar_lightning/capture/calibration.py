@@ -130,7 +130,7 @@ def _project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) ->
 
 def _initial_rig(landmarks: np.ndarray, valid: np.ndarray, reference: np.ndarray, Ks: list[np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera rotations, translations ``(C, ...)`` (camera 0 = identity) and head poses ``(S, 6)`` in camera 0's frame."""
+    """Camera rotations and translations ``(C, ...)`` (camera 0: identity), head poses ``(S, 6)`` in its frame."""
     n, c = valid.shape
     poses = np.full((n, c, 6), np.nan)
     for k in range(c):
