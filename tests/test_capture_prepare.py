@@ -151,3 +151,64 @@ def test_an_existing_cache_is_never_replaced_without_overwrite(mono: CaptureCach
     code = main(["prepare", "--out", str(mono.root), "--video", str(mono.manifest.meta["sources"][0])])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     assert (mono.root / "manifest.json").read_text() == before
+
+
+def test_demo_prepares_a_real_capture_once(videos: list[Path], tmp_path: Path) -> None:
+    from avatar_lightning.stages.demo import _actor
+
+    actor = tmp_path / "actor"
+    _actor(actor, "tiny", [str(videos[0])], overwrite=False)
+    manifest = (actor / "manifest.json").stat().st_mtime_ns
+    assert CaptureCache(actor).manifest.meta["generator"] == "avatar_lightning.capture"
+    _actor(actor, "tiny", [str(videos[0])], overwrite=False)  # the same capture: reused, not redone
+    assert (actor / "manifest.json").stat().st_mtime_ns == manifest
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_real_capture(shared_dir: Path, tmp_path: Path) -> None:
+    """The README's `demo --capture` on the real anchor clip (minutes)."""
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--capture", str(shared_dir / "data" / "capture" / "anchor_71s.mp4"),
+                 "--preset", "tiny", "--head-vae-minutes", "0.1", "--rerender-minutes", "0.1",
+                 "--animator-steps", "20"])
+    assert code == 0 and (out / "report" / "animation.mp4").stat().st_size > 0
+
+
+@pytest.mark.shared
+def test_real_grid_video_cameras_are_tracked(shared_dir: Path, tmp_path: Path) -> None:
+    """The NeRSemble sample's three real cameras (regions of one grid video): every frame tracked or flagged."""
+    grid = shared_dir / "data" / "capture" / "nersemble_074_grid.mp4"
+    cameras = [f"{grid}@0,{y},247,360" for y in (0, 360, 720)]
+    cache = prepare_capture(cameras, tmp_path / "nersemble", PrepareOptions(texture_size=64))
+    meta = cache.manifest.meta["prepare"]
+    assert meta["fit"]["frames"] == cache.num_frames == 184
+    for name in ("cam0", "cam1", "cam2"):
+        valid = cache.read(f"tracking/landmarks/{name}.valid")
+        assert valid.sum() + meta["faces"][name]["frames_without_face"] == 184
+        assert meta["fit"]["cameras"][name]["median_reprojection_of_face_height"] < 0.1
+
+
+def test_a_failure_late_in_the_stage_leaves_nothing_behind(videos: list[Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import cv2
+
+    plate = tmp_path / "plate.png"
+    cv2.imwrite(str(plate), np.zeros((160, 160, 3), np.uint8))
+    # Two clean plates for one camera: found only after decoding, tracking and texturing.
+    code = _prepare(tmp_path, str(videos[0]), extra=("--test-seconds=0.8", "--val-seconds=0.4", "--texture-size=32",
+                                                     f"--clean-plate={plate}", f"--clean-plate={plate}"))
+    assert code == 2 and "--clean-plate was given 2 times for 1 cameras" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_a_given_clean_plate_is_stored_as_it_is(videos: list[Path], truth: CaptureCache, tmp_path: Path) -> None:
+    import cv2
+
+    plate = truth.read("cameras/frontal/clean_plate")
+    cv2.imwrite(str(tmp_path / "plate.png"), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
+    options = PrepareOptions(**{**SPLIT.__dict__, "texture_size": 32, "clean_plates": (str(tmp_path / "plate.png"),)})
+    cache = prepare_capture([str(videos[0])], tmp_path / "out", options)
+    np.testing.assert_array_equal(cache.read("cameras/cam0/clean_plate"), plate)
+    focal = cache.manifest.meta["prepare"]["calibration"]["focal_search"]  # no calibration: the focal was searched
+    best = min(focal, key=focal.get)
+    assert cache.cameras[0].K[0][0] == pytest.approx(float(best) * 160)

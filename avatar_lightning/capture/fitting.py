@@ -32,6 +32,7 @@ from avatar_lightning.render.mesh import axis_angle_to_matrix
 from avatar_lightning.synth.face import CHIN, FOREHEAD, NUM_LANDMARKS
 
 Progress = Callable[[str, int, int], None]
+VISIBLE_COS, VISIBLE_RAMP = 0.15, 0.2  # a landmark counts fully from cos 0.35 (69 degrees), not at all below 0.15
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,11 @@ class HeadTracker:
     """
 
     def __init__(self, vertices: np.ndarray, blend_basis: np.ndarray, cameras: RigCameras,
-                 settings: FitSettings | None = None) -> None:
+                 settings: FitSettings | None = None, normals: np.ndarray | None = None) -> None:
         self.v = torch.tensor(vertices[:NUM_LANDMARKS], dtype=torch.float64)
+        # Rest-pose outward normals: a landmark on the far side of the face is hidden from a camera, and FaceMesh
+        # reports it anyway (a guess from its shape prior), so it must not pull the fit. None: all visible.
+        self.normals = None if normals is None else torch.tensor(normals[:NUM_LANDMARKS], dtype=torch.float64)
         self.basis = torch.tensor(blend_basis[:, :NUM_LANDMARKS], dtype=torch.float64)
         self.cams = cameras
         self.settings = settings or FitSettings()
@@ -145,6 +149,18 @@ class HeadTracker:
     @property
     def num_params(self) -> int:
         return 6 + self.num_blend
+
+    def visibility(self, theta: Tensor) -> Tensor:
+        """``(B, C, 468)`` in [0, 1]: how squarely each landmark faces each camera (0 past ~80 degrees)."""
+        if self.normals is None:
+            return torch.ones(theta.shape[0], len(self.cams.K), NUM_LANDMARKS, dtype=theta.dtype)
+        rot = axis_angle_to_matrix(theta[:, :3])
+        normals = torch.einsum("bij,vj->bvi", rot, self.normals)  # (B, V, 3)
+        points = torch.einsum("bij,vj->bvi", rot, self.v) + theta[:, None, 3:6]
+        centres = -torch.einsum("cji,cj->ci", self.cams.R, self.cams.t)  # (C, 3): -R^T t
+        to_camera = torch.nn.functional.normalize(centres[None, :, None] - points[:, None], dim=-1)
+        cos = (to_camera * normals[:, None]).sum(-1)
+        return ((cos - VISIBLE_COS) / VISIBLE_RAMP).clamp(0.0, 1.0)
 
     def landmarks_of(self, theta: Tensor) -> Tensor:
         """``theta (..., 6+K)`` -> projected landmark vertices ``(..., C, 468, 2)``."""
@@ -185,7 +201,7 @@ class HeadTracker:
         s = self.settings
         b, p = theta.shape
         scale = torch.where(seen, scale, torch.ones_like(scale))
-        observed = seen[:, :, None, None].expand(-1, -1, NUM_LANDMARKS, 2).reshape(b, -1).to(theta.dtype)
+        seen_xy = seen[:, :, None, None].expand(-1, -1, NUM_LANDMARKS, 2).reshape(b, -1).to(theta.dtype)
         coupling = np.full(b, 2.0)  # each frame's smoothness terms: to the frame before and after
         coupling[-1] -= 1
         if previous is None:
@@ -193,6 +209,8 @@ class HeadTracker:
         smooth, prior = self.smooth.numpy(), self.prior.numpy()
         for _ in range(s.iterations):
             r, J = self.residuals(theta, target, scale)  # (B, M), (B, M, P)
+            visible = self.visibility(theta).repeat_interleave(2, dim=2).reshape(b, -1)
+            observed = seen_xy * visible
             norm = r.view(b, -1, 2).norm(dim=-1).repeat_interleave(2, dim=1)
             huber = torch.where(norm > s.huber, s.huber / norm.clamp_min(1e-12), torch.ones_like(norm))
             weights = observed * huber / observed.sum(1, keepdim=True).clamp_min(1.0)  # mean over observations
@@ -245,7 +263,9 @@ class HeadTracker:
             contiguous = previous is not None and rows[0] == 0
             with torch.no_grad():
                 theta = self.solve_chunk(theta, target, seen_t, scale, previous if contiguous else None)
-                err = (self.landmarks_of(theta) - target).norm(dim=-1).square().mean(-1).sqrt()  # (B, C)
+                visible = self.visibility(theta) > 0.5  # the error where the landmark faces the camera
+                squared = (self.landmarks_of(theta) - target).norm(dim=-1).square()  # (B, C, V)
+                err = ((squared * visible).sum(-1) / visible.sum(-1).clamp_min(1)).sqrt()  # (B, C)
             frames = start + rows
             pose[frames] = theta[:, :6].numpy()
             blend[frames] = theta[:, 6:].numpy()
@@ -311,3 +331,46 @@ def solve_block_tridiagonal(diagonal: np.ndarray, off: np.ndarray, rhs: np.ndarr
         ab[band - p, p:] = np.tile(off, b - 1)
     return solveh_banded(ab, rhs.reshape(-1)).reshape(b, p)
 
+
+
+def refine_rest_shape(tracker: HeadTracker, points: np.ndarray, seen: np.ndarray, pose: np.ndarray,
+                      blend: np.ndarray, iterations: int = 3, prior: float = 1.0) -> np.ndarray:
+    """The template's 468 rest vertices re-triangulated from several cameras, poses and weights held fixed.
+
+    One view cannot tell the face's depth, so the template starts from FaceMesh's own 3-D guess; several
+    calibrated views can. Each vertex independently minimises its reprojection error over the given frames and
+    cameras (visible, Huber-weighted), plus ``prior`` (in face heights^2 per metre^2, times the observation count)
+    pulling it towards where it was, by Gauss-Newton on 3x3 systems batched over vertices.
+
+    Args:
+        points: ``(F, C, 468+, 3)`` landmarks in pixels; seen: ``(F, C)``; pose ``(F, 6)``, blend ``(F, K)``.
+
+    Returns:
+        ``(468, 3)`` float64 rest vertices.
+    """
+    theta = torch.tensor(np.concatenate([pose, blend], 1), dtype=torch.float64)
+    target = torch.tensor(np.nan_to_num(points[:, :, :NUM_LANDMARKS, :2]), dtype=torch.float64)  # (F, C, V, 2)
+    scale = torch.tensor(np.where(seen, face_heights(points), 1.0), dtype=torch.float64)  # (F, C)
+    weight = torch.tensor(seen, dtype=torch.float64)[:, :, None] * tracker.visibility(theta)  # (F, C, V)
+    rot = axis_angle_to_matrix(theta[:, :3])  # (F, 3, 3)
+    offsets = torch.einsum("fk,kvc->fvc", theta[:, 6:], tracker.basis)  # (F, V, 3)
+    start = tracker.v.clone()
+    rest = start.clone()
+    cams, s = tracker.cams, tracker.settings
+    for _ in range(iterations):
+        posed = torch.einsum("fij,fvj->fvi", rot, rest + offsets) + theta[:, None, 3:6]
+        xc = torch.einsum("cij,fvj->fcvi", cams.R, posed) + cams.t[None, :, None]  # (F, C, V, 3)
+        z = xc[..., 2:3].clamp_min(1e-6)
+        uv = torch.einsum("cij,fcvj->fcvi", cams.K[:, :2], xc) / z
+        d_uv = (cams.K[None, :, None, :2, :] - uv[..., None] * cams.K[None, :, None, 2:3, :]) / z[..., None]
+        J = d_uv @ cams.R[None, :, None] @ rot[:, None, None]  # (F, C, V, 2, 3): d uv / d rest vertex
+        r = (uv - target) / scale[:, :, None, None]
+        J = J / scale[:, :, None, None, None]
+        huber = torch.where(r.norm(dim=-1) > s.huber, s.huber / r.norm(dim=-1).clamp_min(1e-12),
+                            torch.ones_like(weight))
+        w = (weight * huber)[..., None, None]  # (F, C, V, 1, 1)
+        count = weight.sum((0, 1))[:, None, None].clamp_min(1.0)  # (V, 1, 1)
+        A = (J.transpose(-1, -2) @ (w * J)).sum((0, 1)) + prior * count * torch.eye(3, dtype=torch.float64)
+        g = (J.transpose(-1, -2) @ (w * r[..., None])).sum((0, 1))[..., 0] + prior * count[..., 0] * (rest - start)
+        rest = rest - torch.linalg.solve(A, g)
+    return rest.numpy()

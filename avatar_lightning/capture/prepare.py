@@ -37,13 +37,21 @@ from avatar_lightning.cache import (
 )
 from avatar_lightning.capture import calibration as calib
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
-from avatar_lightning.capture.fitting import FitResult, FitSettings, HeadTracker, RigCameras, face_heights, initial_pose
+from avatar_lightning.capture.fitting import (
+    FitResult,
+    FitSettings,
+    HeadTracker,
+    RigCameras,
+    face_heights,
+    initial_pose,
+    refine_rest_shape,
+)
 from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistorter, iter_capture, probe_capture
 from avatar_lightning.capture.split import time_split
-from avatar_lightning.capture.template import ActorTemplate, build_actor_template
+from avatar_lightning.capture.template import ActorTemplate, build_actor_template, with_rest_shape
 from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean_texture, to_uint8
 from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
-from avatar_lightning.render import Cameras, Mesh, RasterSettings
+from avatar_lightning.render import Cameras, Mesh, RasterSettings, vertex_normals
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.template import load_template
 
@@ -53,6 +61,7 @@ Progress = Callable[[str, int, int], None]
 
 TEMPLATE_SAMPLE = 600  # landmark sets (evenly spaced) the neutral is estimated from
 CALIBRATION_SAMPLE = 40
+SHAPE_SAMPLE, SHAPE_ROUNDS = 200, 2  # frames and rounds of the multi-camera rest-shape triangulation
 FOCAL_SAMPLE = 60  # frames the monocular focal search fits
 # Focal length candidates (x the longer image side) for an uncalibrated single camera. FaceMesh's landmarks follow
 # a near weak-perspective model, so its faces fit best with long lenses; the search picks by reprojection error.
@@ -184,11 +193,17 @@ def initial_poses(store: LandmarkStore, seen: np.ndarray, records: Sequence[Came
     return pose
 
 
+def _tracker(template: ActorTemplate, records: Sequence[CameraRecord], settings: FitSettings) -> HeadTracker:
+    normals = vertex_normals(torch.from_numpy(template.template.vertices),
+                             torch.from_numpy(template.template.triangles))[0].numpy()
+    return HeadTracker(template.template.vertices, template.blend_basis, RigCameras.from_records(list(records)),
+                       settings, normals=normals)
+
+
 def fit_tracking(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord], template: ActorTemplate,
                  settings: FitSettings, progress: Progress, rows: np.ndarray | None = None) -> FitResult:
     """Pose and blend weights of every frame (or of ``rows`` only, e.g. for the focal search)."""
-    tracker = HeadTracker(template.template.vertices, template.blend_basis, RigCameras.from_records(list(records)),
-                          settings)
+    tracker = _tracker(template, records, settings)
     rows = np.arange(len(seen)) if rows is None else rows
     init = initial_poses(store, seen, records, template, rows)
 
@@ -205,7 +220,9 @@ def choose_focal(store: LandmarkStore, seen: np.ndarray, record: CameraRecord,
     side = max(record.width, record.height)
     errors: dict[str, float] = {}
     best, best_error = record, np.inf
-    quiet = FitSettings(**{**settings.__dict__, "iterations": 6})
+    # The sampled frames are far apart in time: no smoothing between them.
+    quiet = FitSettings(**{**settings.__dict__, "smooth_rotation": 0.0, "smooth_translation": 0.0,
+                           "smooth_blend": 0.0})
     for multiple in FOCAL_CANDIDATES:
         K = np.array(record.K, np.float64)
         K[0, 0] = K[1, 1] = multiple * side
@@ -216,6 +233,24 @@ def choose_focal(store: LandmarkStore, seen: np.ndarray, record: CameraRecord,
         if error < best_error:
             best, best_error = candidate, error
     return best, errors
+
+
+def triangulate_template(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord],
+                         template: ActorTemplate, settings: FitSettings) -> ActorTemplate:
+    """Several cameras see the face's depth that one FaceMesh guesses: re-fit the rest shape to all of them.
+
+    Rounds of (fit poses and weights on a sample of frames, then re-triangulate every vertex with those held).
+    """
+    rows = evenly(np.arange(len(seen)), SHAPE_SAMPLE)
+    rows = rows[seen[rows].any(1)]
+    apart = FitSettings(**{**settings.__dict__, "smooth_rotation": 0.0, "smooth_translation": 0.0,
+                           "smooth_blend": 0.0})  # sampled frames are far apart in time
+    for _ in range(SHAPE_ROUNDS):
+        fit = fit_tracking(store, seen, records, template, apart, lambda *a: None, rows)
+        tracker = _tracker(template, records, settings)
+        rest = refine_rest_shape(tracker, store.read(rows), seen[rows], fit.pose, fit.blend_weights)
+        template = with_rest_shape(template, rest)
+    return template
 
 
 def write_template(cache: CaptureCache, template: ActorTemplate) -> None:
@@ -394,6 +429,9 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         cache.set_cameras(records)
         report("cameras", 1, 1)
 
+        if len(names) > 1:
+            template = triangulate_template(store, seen, records, template, options.fit)
+            report("template from all cameras", 1, 1)
         fit = fit_tracking(store, seen, records, template, options.fit, report)
         write_template(cache, template)
         for name, array in (("pose", fit.pose), ("blend_weights", fit.blend_weights)):

@@ -88,3 +88,21 @@ def build_actor_template(landmarks: np.ndarray) -> ActorTemplate:
     template = F.template_from_landmarks(px, topology=F.astronaut_photo().landmarks)
     return ActorTemplate(template=template, blend_basis=build_blend_basis(template), neutral=neutral,
                          frames_used=used)
+
+
+def with_rest_shape(actor: ActorTemplate, landmarks: np.ndarray) -> ActorTemplate:
+    """The same template with its 468 landmark vertices moved to ``landmarks (468, 3)`` (metres).
+
+    The added eye and mouth centres follow the mean motion of the loops they close; the blend shapes are rebuilt
+    on the new shape by the same builder.
+    """
+    old = actor.template.vertices.astype(np.float64)
+    vertices = old.copy()
+    vertices[: F.NUM_LANDMARKS] = landmarks
+    moved = vertices - old
+    for side, loop in F.EYE_LOOPS.items():
+        vertices[actor.template.eye_centres[side]] += moved[list(loop)].mean(0)
+    vertices[actor.template.mouth_centre] += moved[list(F.INNER_LIP_LOOP)].mean(0)
+    template = F.FaceTemplate(**{**actor.template.__dict__, "vertices": vertices.astype(np.float32)})
+    return ActorTemplate(template=template, blend_basis=build_blend_basis(template), neutral=actor.neutral,
+                         frames_used=actor.frames_used)

@@ -114,9 +114,25 @@ def _cross_identity_markdown(scores: dict[str, Any], identity: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool) -> None:
+    """The actor's cache: the synthetic one, or a real capture through ``prepare`` (reused when already made)."""
+    if not capture:
+        from avatar_lightning.synth.generate import generate
+
+        generate(actor_dir, preset=preset, seed=0, overwrite=overwrite)
+        return
+    from avatar_lightning.capture.prepare import PrepareOptions, prepare_capture
+
+    if (actor_dir / "manifest.json").exists():
+        meta = CaptureCache(actor_dir).manifest.meta
+        if meta.get("complete") and meta.get("sources") == list(capture) and not overwrite:
+            return  # this capture was prepared by an earlier run
+    prepare_capture(list(capture), actor_dir, PrepareOptions(overwrite=overwrite))
+
+
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
-             identity: int = 1, overwrite: bool = False) -> Path:
-    """Run the chain into ``out``; returns the report folder."""
+             identity: int = 1, overwrite: bool = False, capture: Sequence[str] = ()) -> Path:
+    """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
     from avatar_lightning.avatar import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
     from avatar_lightning.stages.compare import main as compare_main
@@ -130,7 +146,8 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     report.mkdir(parents=True, exist_ok=True)
     step = Steps()
     total_start = time.perf_counter()
-    step(f"synth actor ({preset})", lambda: generate(actor_dir, preset=preset, seed=0, overwrite=overwrite))
+    actor_step = f"prepare actor ({len(capture)} camera(s))" if capture else f"synth actor ({preset})"
+    step(actor_step, lambda: _actor(actor_dir, preset, capture, overwrite))
     actor = CaptureCache(actor_dir)
     if not actor.has(feature_array(FEATURES)):
         step("features (mediapipe)", lambda: extract_features(actor_dir, FEATURES, relative="sequence"))
@@ -194,19 +211,20 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
         if grids:
             shutil.copyfile(grids[-1], images / f"{name}_{grids[-1].name}")
     total = time.perf_counter() - total_start
-    _write_readme(report, step.timings, total, animation, best, preset, head_vae_minutes, rerender_minutes,
+    actor_label = f"real capture {list(capture)} (prepare)" if capture else f"synthetic, preset `{preset}`"
+    _write_readme(report, step.timings, total, animation, best, actor_label, head_vae_minutes, rerender_minutes,
                   animator_steps)
     print(f"\ndemo done in {total / 60:.1f} min; report: {report}")
     return report
 
 
-def _write_readme(report: Path, timings: dict[str, float], total: float, animation: Any, best: Path, preset: str,
+def _write_readme(report: Path, timings: dict[str, float], total: float, animation: Any, best: Path, actor: str,
                   head_vae_minutes: float, rerender_minutes: float, animator_steps: int) -> None:
     table = (report / "scores.md").read_text() if (report / "scores.md").is_file() else ""
     cross = (report / "cross_identity.md").read_text()
     lines = [
         "# avatar_lightning demo report", "",
-        f"Synthetic actor, preset `{preset}`; shortened budgets: head VAE {head_vae_minutes:g} min, re-render U-Net "
+        f"Actor: {actor}; shortened budgets: head VAE {head_vae_minutes:g} min, re-render U-Net "
         f"{rerender_minutes:g} min, animator {animator_steps} steps per cell (the paper: 15 000).", "",
         f"Video: `animation.mp4` ({animation.frames} frames, driving video left, avatar right; "
         f"{animation.frames_without_face} frames without a face; {animation.frames_per_second:.1f} frames/s).",
@@ -232,7 +250,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--animator-steps", type=int, default=1500, help="steps per grid cell (paper: 15 000)")
     parser.add_argument("--identity", type=int, default=1, help="the synthetic identity that drives the avatar")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic captures made with other settings")
+    parser.add_argument("--capture", nargs="+", default=[], metavar="VIDEO",
+                        help="a real actor's synchronised camera videos (PATH or PATH@x,y,w,h, as prepare takes) "
+                             "instead of the synthetic actor; the driver stays synthetic (its truth gives the "
+                             "cross-identity scores)")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity, args.overwrite)
+             args.identity, args.overwrite, args.capture)
     return 0
