@@ -1,16 +1,14 @@
-"""The capture stage's parts on their own: sources, split, the tracking solver, calibration, clean plates."""
+"""The capture stage's parts on their own: sources, split, the tracking solver, clean plates."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from avatar_lightning.cache import CacheError, CameraRecord
-from avatar_lightning.capture import calibration as calib
+from avatar_lightning.cache import CacheError
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
 from avatar_lightning.capture.fitting import HeadTracker, RigCameras, initial_pose, solve_block_tridiagonal
 from avatar_lightning.capture.sources import CameraSource, probe_capture
@@ -148,106 +146,6 @@ def test_initial_pose_is_close_to_the_truth_under_weak_perspective() -> None:
     pose = initial_pose(np.c_[uv, z][None], points, K, np.eye(3), np.zeros(3))[0]
     assert np.degrees((Rotation.from_rotvec(pose[:3]) * rot.inv()).magnitude()) < 1.0
     assert abs(pose[5] - 5.0) < 0.1
-
-
-# ---------------------------------------------------------------------------------------------- calibration
-def _records() -> list[CameraRecord]:
-    cams = Cameras.look_at([[0.0, 0.0, -1.0], [0.5, 0.0, -0.87]], [0, 0, 0], width=64, height=48, focal=80.0,
-                           dtype=torch.float64)
-    return [CameraRecord(f"cam{i}", **d) for i, d in enumerate(cams.as_dicts())]
-
-
-def test_calibration_round_trips_with_opencv_centres(tmp_path: Path) -> None:
-    records = _records()
-    path = calib.save_calibration(records, tmp_path / "cams.json")
-    assert json.loads(path.read_text())["cameras"][0]["K"][0][2] == pytest.approx(31.5)  # OpenCV: centre - 0.5
-    loaded = calib.load_calibration(path, ["a", "b"], [(64, 48), (64, 48)])
-    assert not loaded.estimated and [c.name for c in loaded.cameras] == ["a", "b"]
-    np.testing.assert_allclose(loaded.cameras[1].K, records[1].K)
-    np.testing.assert_allclose(loaded.cameras[1].R, records[1].R, atol=1e-12)
-    assert loaded.distortion == [None, None]
-
-
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: "not json", "not valid JSON"),
-    (lambda d: {"cams": []}, "no 'cameras' list"),
-    (lambda d: {"cameras": d["cameras"][:1]}, "1 cameras in the file but 2"),
-    (lambda d: {"cameras": [{k: v for k, v in d["cameras"][0].items() if k != "R"}, d["cameras"][1]]}, "lacks"),
-    (lambda d: {"cameras": [{**d["cameras"][0], "K": [[1, 0], [0, 1]]}, d["cameras"][1]]}, "shape"),
-    (lambda d: {"cameras": [{**d["cameras"][0], "t": [0, float("nan"), 0]}, d["cameras"][1]]}, "NaN"),
-    (lambda d: {"cameras": [{**d["cameras"][0], "R": [[2, 0, 0], [0, 1, 0], [0, 0, 1]]}, d["cameras"][1]]},
-     "not a rotation"),
-    (lambda d: {"cameras": [{**d["cameras"][0], "width": 100}, d["cameras"][1]]}, "100x48 but its video"),
-    (lambda d: {"cameras": [{**d["cameras"][0], "dist": [0.1, 0.2, 0.3]}, d["cameras"][1]]}, "dist must hold"),
-])
-def test_malformed_calibration_names_the_file(tmp_path: Path, edit, message: str) -> None:
-    path = calib.save_calibration(_records(), tmp_path / "cams.json")
-    changed = edit(json.loads(path.read_text()))
-    path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
-    with pytest.raises(CacheError, match=message) as error:
-        calib.load_calibration(path, ["a", "b"], [(64, 48), (64, 48)])
-    assert str(path) in str(error.value)
-
-
-def test_missing_calibration_file() -> None:
-    with pytest.raises(CacheError, match="does not exist"):
-        calib.load_calibration("/nonexistent/cams.json", ["a"], [(64, 48)])
-
-
-def _facemesh_like(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Pixels of world points plus FaceMesh's relative depth in pixel units."""
-    xc = points @ R.T + t
-    uv = xc @ K.T
-    uv = uv[..., :2] / uv[..., 2:]
-    depth = xc[..., 2]
-    z = (depth - depth.mean(-1, keepdims=True)) * K[0, 0] / depth.mean(-1, keepdims=True)
-    return np.concatenate([uv, z[..., None]], -1)
-
-
-@pytest.mark.parametrize("outliers", [0.0, 0.05])
-def test_bundle_adjustment_recovers_a_three_camera_rig(outliers: float) -> None:
-    from scipy.spatial.transform import Rotation
-
-    from avatar_lightning.synth.scene import make_cameras
-
-    rng = np.random.default_rng(4)
-    reference, _ = _toy_face(rng)
-    truth = make_cameras(("frontal", "diagonal_left", "diagonal_right"), 256, 256, 0.5)
-    K = np.stack([np.array(calib.default_intrinsics(256, 256))] * 3)  # the lens the estimate assumes
-    R, t = truth.R.double().numpy(), truth.t.double().numpy()
-    n = 30
-    yaw = np.radians(rng.uniform(-25, 25, n))
-    poses = Rotation.from_euler("YXZ", np.c_[yaw, rng.normal(0, 0.05, (n, 2))])
-    shift = rng.normal(0, 0.01, (n, 3))
-    world = np.stack([poses[i].apply(reference) + shift[i] for i in range(n)])  # (N, V, 3)
-    landmarks = np.stack([_facemesh_like(world, K[k], R[k], t[k]) for k in range(3)], 1)  # (N, C, V, 3)
-    landmarks[..., :2] += rng.normal(0, 0.5, landmarks[..., :2].shape)
-    bad = rng.random(landmarks.shape[:3]) < outliers
-    landmarks[..., :2][bad] += 30.0
-    valid = np.ones((n, 3), bool)
-    result = calib.estimate_calibration(landmarks, valid, [(256, 256)] * 3, ["a", "b", "c"], reference,
-                                        refine_focal=False)
-    # Truth in camera 0's frame: R_k R_0^T, centre R_0 (c_k) + t_0.
-    for k in (1, 2):
-        rel_true = R[k] @ R[0].T
-        est = np.array(result.cameras[k].R)
-        assert np.degrees(Rotation.from_matrix(est @ rel_true.T).magnitude()) < 1.5
-        centre_true = R[0] @ (-R[k].T @ t[k]) + t[0]
-        centre_est = -est.T @ np.array(result.cameras[k].t)
-        assert np.linalg.norm(centre_est - centre_true) < 0.03
-    assert result.estimated and result.report["reprojection"]["b"]["median_px"] < 1.5
-
-
-def test_estimate_refuses_cameras_that_never_share_a_face() -> None:
-    landmarks = np.zeros((4, 2, 468, 3))
-    valid = np.array([[True, False]] * 2 + [[False, True]] * 2)
-    with pytest.raises(CacheError, match="--calibration"):
-        calib.estimate_calibration(landmarks, valid, [(64, 64)] * 2, ["a", "b"], np.zeros((468, 3)))
-    with pytest.raises(CacheError, match="never sees a face"):
-        calib.estimate_calibration(landmarks, np.array([[True, False]] * 4), [(64, 64)] * 2, ["a", "b"],
-                                   np.zeros((468, 3)))
-    single = calib.estimate_calibration(landmarks[:, :1], valid[:, :1], [(64, 48)], ["a"], np.zeros((468, 3)))
-    assert single.cameras[0].R == np.eye(3).tolist() and single.cameras[0].K == calib.default_intrinsics(64, 48)
 
 
 # ---------------------------------------------------------------------------------------------- clean plates

@@ -1,16 +1,23 @@
 """The capture's cameras: loaded from the user's calibration file, or estimated from FaceMesh landmarks.
 
-Loading: a JSON file in OpenCV conventions (:data:`CALIBRATION_FORMAT`), one record per camera in the order of
-``--video``. OpenCV puts pixel centres at integers; the project at +0.5 (``render/cameras.py``), so 0.5 is added
-to cx and cy here, once.
+Loading (:func:`load_calibration`): a JSON file in OpenCV conventions (:data:`CALIBRATION_FORMAT`), one record
+per camera in the order of ``--video``. OpenCV puts pixel centres at integers, the project at +0.5
+(``render/cameras.py``), so 0.5 is added to cx and cy here, once. Every problem is a :class:`CacheError` naming
+the file, what is wrong and what the format is: a wrong file must stop ``prepare`` before any decoding.
 
-Estimating: the world frame is camera 0's (R = I, t = 0). Intrinsics start from a default field of view (the
-same guess ``ingest`` makes). With several cameras, a bundle adjustment (SciPy ``least_squares``, robust loss,
-sparse Jacobian) fits the other cameras' extrinsics, one head pose per sampled frame and the 3-D rigid
-landmarks (the ones expression hardly moves) to every camera's FaceMesh landmarks; a shared focal scale is
-refined too (weakly observable: it is reported). The scene's scale is fixed by the actor's template, whose face
-is ``FACE_WIDTH_M`` wide: the structure's RMS radius is held at the template's. A single camera needs no
-extrinsics; its focal length is chosen by ``prepare`` from the tracking fit's error.
+Estimating (:func:`estimate_calibration`): the world frame is camera 0's (R = I, t = 0). Intrinsics are a
+default field of view (the guess ``ingest`` makes; optionally refined by one focal scale per camera, which
+landmarks constrain only weakly). With several cameras a bundle adjustment (SciPy ``least_squares``, soft-L1
+loss against slipped landmarks, exact sparse Jacobian) fits the other cameras' extrinsics, one rigid head pose
+per sampled frame and the 3-D rigid landmarks (:data:`RIGID_LANDMARKS`, the ones expression hardly moves) to
+every camera's FaceMesh landmarks in up to ``max_frames`` evenly sampled frames. The structure is free up to a
+similarity (7 gauge freedoms); its centroid, orientation and RMS radius are held at the actor's reference
+shape's, which is metric, so the rig comes out in metres.
+
+Bundle adjustment needs a good start: per camera and frame the head's rotation and distance come in closed
+form from FaceMesh's 3-D landmarks (weak perspective, ``fitting.initial_pose``); relative camera rotations are
+chordal means over shared frames, translations medians, chained along a spanning tree of the cameras that see
+the face together.
 """
 
 from __future__ import annotations
@@ -22,32 +29,46 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.sparse import lil_matrix
+from scipy.optimize import OptimizeResult, least_squares
+from scipy.sparse import csr_matrix
 from scipy.spatial.transform import Rotation
 
 from avatar_lightning.cache import CacheError, CameraRecord
+from avatar_lightning.capture.fitting import initial_pose
 from avatar_lightning.features.mediapipe_landmarks import RIGID_LANDMARKS
 from avatar_lightning.stages.ingest import approximate_intrinsics
 
 CALIBRATION_FORMAT = (
     'a JSON object {"cameras": [{"name": str, "K": 3x3, "R": 3x3, "t": [3], "width": int, "height": int, '
-    '"dist": [k1, k2, p1, p2(, k3, ...)] (optional)}, ...]}, OpenCV conventions (X_cam = R X_world + t, pixel '
-    "centres at integers), one camera per --video in the same order"
+    '"dist": [k1, k2, p1, p2(, k3(, k4, k5, k6))] (optional)}, ...]}, in OpenCV conventions (X_cam = R X_world '
+    "+ t, x right, y down, z forward, pixel centres at integers), one record per --video, in the same order"
 )
-DEFAULT_INTRINSICS = "default field of view: f = 1.2 x the longer image side, principal point at the centre"
-ROBUST_SCALE_PX = 2.0
-GAUGE_WEIGHT = 1e3
+DEFAULT_INTRINSICS = "default field of view (f = 1.2 max(W, H)), principal point at the image centre: a guess"
+LANDMARK_COUNTS = (468, 478)  # FaceMesh's mesh, with or without the 10 iris points
+METHOD = "bundle adjustment of FaceMesh rigid landmarks (scipy least_squares)"
+DISTORTION_LENGTHS = (4, 5, 8, 12, 14)  # the coefficient counts OpenCV accepts
+ROTATION_TOLERANCE = 1e-4
+ROBUST_SCALE_PX = 2.0  # soft-L1 knee: FaceMesh's jitter is ~1 px, a slipped landmark tens of pixels
+GAUGE_WEIGHT = 1e3  # residual weight of the 7 gauge constraints, against pixel residuals of weight 1
+MAX_EVALUATIONS = 500
+# Solve each trust-region step accurately: with lsmr's loose defaults the steps along the focal-distance valley
+# are so short that the solver creeps and stops far from the optimum (centres off by ~10 cm when refining focal).
+LSMR_OPTIONS = {"regularize": False, "atol": 1e-12, "btol": 1e-12}
+ROTATION_OUTLIER_DEG = 10.0  # a frame's relative camera rotation this far from the mean is left out of the start
+LINK_FRAMES = 3  # frames kept in the sample for every camera pair that ties the rig together
 
 
 def default_intrinsics(width: int, height: int) -> list[list[float]]:
-    """The pinhole guess for an uncalibrated camera (the one ``ingest`` uses)."""
+    """The pinhole guess for an uncalibrated camera: the one ``ingest`` uses, so both stages agree."""
     return approximate_intrinsics(width, height)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Cameras in the project's convention, OpenCV distortion per camera (None: none), and how they were had."""
+    """Cameras in the project's convention, OpenCV distortion per camera (None: none), and how they were had.
+
+    ``report`` is JSON-able and goes into the cache's ``meta.prepare.calibration``.
+    """
 
     cameras: list[CameraRecord]
     distortion: list[np.ndarray | None]
@@ -56,222 +77,518 @@ class Calibration:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _matrix(value: Any, shape: tuple[int, ...], what: str, path: Path) -> np.ndarray:
+def _fail(path: Path, what: str) -> CacheError:
+    return CacheError(f"calibration file {path}: {what}; the file must be {CALIBRATION_FORMAT}")
+
+
+def _array(value: Any, shape: tuple[int, ...], what: str, path: Path) -> np.ndarray:
+    """``value`` as a finite float array of ``shape``, or a CacheError saying which it is not."""
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise CacheError(f"{path}: {what} is not numeric; the file must be {CALIBRATION_FORMAT}") from None
+        raise _fail(path, f"{what} is not an array of numbers") from None
     if array.shape != shape:
-        raise CacheError(f"{path}: {what} has shape {list(array.shape)}, expected {list(shape)}")
+        raise _fail(path, f"{what} has shape {list(array.shape)}, expected {list(shape)}")
     if not np.isfinite(array).all():
-        raise CacheError(f"{path}: {what} holds NaN or infinite values")
+        raise _fail(path, f"{what} holds NaN or infinite values")
     return array
 
 
-def load_calibration(path: str | Path, names: Sequence[str], sizes: Sequence[tuple[int, int]]) -> Calibration:
-    """Cameras from ``path``, matched to the capture's cameras by order; every problem names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"calibration file {path} does not exist")
+def _intrinsics(value: Any, what: str, path: Path) -> np.ndarray:
+    K = _array(value, (3, 3), f"{what} K", path)
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or np.abs(K[1:, :2] - [[0, K[1, 1]], [0, 0]]).max() > 0 or K[2, 2] != 1:
+        raise _fail(path, f"{what} K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0")
+    return K
+
+
+def _rotation(value: Any, what: str, path: Path) -> np.ndarray:
+    R = _array(value, (3, 3), f"{what} R", path)
+    if np.abs(R @ R.T - np.eye(3)).max() > ROTATION_TOLERANCE or abs(np.linalg.det(R) - 1) > ROTATION_TOLERANCE:
+        raise _fail(path, f"{what} R is not a rotation matrix (needs R R^T = I within {ROTATION_TOLERANCE} and "
+                          "det R = 1)")
+    return R
+
+
+def _size(entry: dict[str, Any], what: str, path: Path) -> tuple[int, int]:
+    size = []
+    for key in ("width", "height"):
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
+            raise _fail(path, f"{what} {key} must be a positive whole number of pixels, got {value!r}")
+        size.append(int(value))
+    return size[0], size[1]
+
+
+def _distortion(value: Any, what: str, path: Path) -> np.ndarray | None:
+    """OpenCV coefficients, or None where there are none (absent, null or all zero: nothing to undo)."""
+    if value is None:
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CacheError(f"{path}: not valid JSON ({err}); the file must be {CALIBRATION_FORMAT}") from None
+        dist = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _fail(path, f"{what} dist is not a list of numbers") from None
+    if dist.ndim != 1 or len(dist) not in DISTORTION_LENGTHS or not np.isfinite(dist).all():
+        raise _fail(path, f"{what} dist must hold {', '.join(map(str, DISTORTION_LENGTHS))} finite OpenCV "
+                          f"coefficients, got {dist.reshape(-1).tolist()}")
+    return dist if dist.any() else None
+
+
+def _read_entries(path: Path) -> list[Any]:
+    """The file's ``cameras`` list; the file must exist, be JSON and hold an object with that list."""
+    if not path.is_file():
+        raise _fail(path, "does not exist" if not path.exists() else "is not a file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise _fail(path, f"cannot be read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise _fail(path, f"is not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
-        raise CacheError(f"{path}: no 'cameras' list; the file must be {CALIBRATION_FORMAT}")
-    entries = data["cameras"]
+        raise _fail(path, "has no 'cameras' list (it must be an object holding one)")
+    return data["cameras"]
+
+
+def _camera(entry: Any, index: int, name: str, size: tuple[int, int], path: Path
+            ) -> tuple[CameraRecord, np.ndarray | None]:
+    """One file record as the capture camera ``name`` of video size ``size``: checked, cx, cy moved by +0.5."""
+    what = f"camera {index} ({entry.get('name', 'unnamed') if isinstance(entry, dict) else 'unnamed'})"
+    if not isinstance(entry, dict):
+        raise _fail(path, f"{what} is not an object")
+    missing = [key for key in ("K", "R", "t", "width", "height") if key not in entry]
+    if missing:
+        raise _fail(path, f"{what} lacks {', '.join(missing)}")
+    K = _intrinsics(entry["K"], what, path)
+    R = _rotation(entry["R"], what, path)
+    t = _array(entry["t"], (3,), f"{what} t", path)
+    width, height = _size(entry, what, path)
+    if (width, height) != tuple(size):
+        raise _fail(path, f"{what} is {width}x{height} but its video (camera {name}) gives {size[0]}x{size[1]} "
+                          "frames (records are matched to --video by order)")
+    dist = _distortion(entry.get("dist"), what, path)
+    K[:2, 2] += 0.5  # OpenCV's pixel centres are at integers, ours at +0.5
+    return CameraRecord(name, K.tolist(), R.tolist(), t.tolist(), width, height), dist
+
+
+def load_calibration(path: str | Path, names: Sequence[str], sizes: Sequence[tuple[int, int]]) -> Calibration:
+    """Cameras from ``path`` (:data:`CALIBRATION_FORMAT`), the i-th record for the i-th capture camera.
+
+    ``names`` are the capture's camera names (kept; the file's go to ``report``), ``sizes`` their videos'
+    ``(width, height)``, which the file must match.
+    """
+    path = Path(path)
+    if len(names) != len(sizes):
+        raise CacheError(f"load_calibration: {len(names)} camera names but {len(sizes)} sizes")
+    entries = _read_entries(path)
     if len(entries) != len(names):
-        raise CacheError(f"{path}: {len(entries)} cameras in the file but {len(names)} --video given; "
-                         "give one record per camera, in --video order")
-    cameras, distortion, file_names = [], [], []
-    for i, (entry, name, (width, height)) in enumerate(zip(entries, names, sizes, strict=True)):
-        what = f"camera {i}"
-        if not isinstance(entry, dict):
-            raise CacheError(f"{path}: {what} is not an object; the file must be {CALIBRATION_FORMAT}")
-        missing = [key for key in ("K", "R", "t", "width", "height") if key not in entry]
-        if missing:
-            raise CacheError(f"{path}: {what} lacks {missing}; the file must be {CALIBRATION_FORMAT}")
-        K = _matrix(entry["K"], (3, 3), f"{what} K", path)
-        R = _matrix(entry["R"], (3, 3), f"{what} R", path)
-        t = _matrix(entry["t"], (3,), f"{what} t", path)
-        if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
-            raise CacheError(f"{path}: {what} R is not a rotation matrix (R R^T = I, det R = 1)")
-        if (int(entry["width"]), int(entry["height"])) != (width, height):
-            raise CacheError(f"{path}: {what} is {entry['width']}x{entry['height']} but its video ({name}) gives "
-                             f"{width}x{height} frames")
-        dist = None
-        if entry.get("dist") is not None:
-            dist = np.asarray(entry["dist"], dtype=np.float64).reshape(-1)
-            if len(dist) not in (4, 5, 8, 12, 14) or not np.isfinite(dist).all():
-                raise CacheError(f"{path}: {what} dist must hold 4, 5, 8, 12 or 14 finite OpenCV coefficients")
-            dist = None if not dist.any() else dist
-        K = K.copy()
-        K[:2, 2] += 0.5  # OpenCV's pixel centres are at integers, ours at +0.5
-        cameras.append(CameraRecord(name, K.tolist(), R.tolist(), t.tolist(), width, height))
+        raise _fail(path, f"{len(entries)} cameras in the file but {len(names)} in the capture (--video given "
+                          f"{len(names)} times)")
+    cameras, distortion = [], []
+    for i, (entry, name, size) in enumerate(zip(entries, names, sizes, strict=True)):
+        record, dist = _camera(entry, i, name, size, path)
+        cameras.append(record)
         distortion.append(dist)
-        file_names.append(str(entry.get("name", i)))
+    file_names = [str(e.get("name", i)) for i, e in enumerate(entries)]
     return Calibration(cameras, distortion, estimated=False,
-                       report={"source": str(path.resolve()), "names_in_file": file_names})
+                       report={"source": str(path.resolve()), "names_in_file": file_names,
+                               "distorted": [d is not None for d in distortion]})
 
 
-# ---------------------------------------------------------------------------------------------- estimating
-def _head_in_camera(points: np.ndarray, reference: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """``(B, 6)`` head poses in one camera's frame from its landmarks ``(B, L, 3)`` (weak perspective)."""
-    from avatar_lightning.capture.fitting import initial_pose
+def save_calibration(cameras: Sequence[CameraRecord], path: str | Path,
+                     distortion: Sequence[np.ndarray | None] | None = None) -> Path:
+    """Write ``cameras`` as a file :func:`load_calibration` reads (OpenCV conventions: cx, cy - 0.5)."""
+    records = []
+    for i, camera in enumerate(cameras):
+        K = np.array(camera.K, np.float64)
+        K[:2, 2] -= 0.5
+        record = {"name": camera.name, "K": K.tolist(), "R": camera.R, "t": camera.t, "width": camera.width,
+                  "height": camera.height}
+        if distortion is not None and distortion[i] is not None:
+            record["dist"] = np.asarray(distortion[i], np.float64).tolist()
+        records.append(record)
+    path = Path(path)
+    path.write_text(json.dumps({"cameras": records}, indent=1))
+    return path
 
-    return initial_pose(points, reference, K, np.eye(3), np.zeros(3))
+
+# ---------------------------------------------------------------------------------------------- estimating: checks
+def _check_inputs(landmarks: np.ndarray, valid: np.ndarray, sizes: Sequence[tuple[int, int]],
+                  names: Sequence[str], reference: np.ndarray) -> None:
+    n, c = valid.shape if valid.ndim == 2 else (-1, -1)
+    if (valid.ndim != 2 or landmarks.ndim != 4 or landmarks.shape[:2] != (n, c) or landmarks.shape[3] != 3
+            or landmarks.shape[2] not in LANDMARK_COUNTS or reference.shape != (landmarks.shape[2], 3)
+            or len(sizes) != c or len(names) != c or c == 0):
+        raise CacheError(f"estimate_calibration: landmarks {list(landmarks.shape)} (want N, C, L, 3 with L = 468 or "
+                         f"478), valid {list(valid.shape)} (want N, C), reference {list(reference.shape)} (want L, 3), "
+                         f"{len(sizes)} sizes and {len(names)} names disagree")
+    if not np.isfinite(landmarks[valid]).all():
+        raise CacheError("estimate_calibration: landmarks of frames marked valid hold NaN or infinite values")
+    if not np.isfinite(reference).all():
+        raise CacheError("estimate_calibration: the reference shape holds NaN or infinite values")
 
 
-def _project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    xc = points @ R.T + t
-    uvw = xc @ K.T
-    return uvw[..., :2] / np.maximum(uvw[..., 2:3], 1e-6)
+def _camera_tree(valid: np.ndarray, names: Sequence[str]) -> list[tuple[int, int]]:
+    """Edges ``(parent, child)`` linking every camera to camera 0 through frames both see a face in.
+
+    Each camera joins by its strongest link (most shared frames: a maximum spanning tree, grown from camera
+    0), so a pair that shares one frame is used only if nothing better exists.
+    """
+    for k, name in enumerate(names):
+        if not valid[:, k].any():
+            raise CacheError(f"camera {name} never sees a face, so its calibration cannot be estimated from "
+                             "landmarks: pass --calibration FILE")
+    shared = valid.T.astype(np.int64) @ valid.astype(np.int64)  # (C, C) frames seen by both
+    joined, edges = [0], []
+    while len(joined) < len(names):
+        rest = [k for k in range(len(names)) if k not in joined]
+        links = shared[np.ix_(joined, rest)]
+        if links.max() == 0:
+            raise CacheError(
+                f"{_cameras(names, rest)} never {'sees' if len(rest) == 1 else 'see'} the face in a frame where "
+                f"{_cameras(names, joined)} also {'sees' if len(joined) == 1 else 'see'} it, so where "
+                f"{'it stands' if len(rest) == 1 else 'they stand'} relative to camera {names[0]} cannot be "
+                f"estimated from landmarks: pass --calibration FILE ({CALIBRATION_FORMAT})")
+        parent, child = np.unravel_index(int(links.argmax()), links.shape)
+        edges.append((joined[parent], rest[child]))
+        joined.append(rest[child])
+    return edges
 
 
-def _initial_rig(landmarks: np.ndarray, valid: np.ndarray, reference: np.ndarray, Ks: list[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Camera rotations and translations ``(C, ...)`` (camera 0: identity), head poses ``(S, 6)`` in its frame."""
-    n, c = valid.shape
-    poses = np.full((n, c, 6), np.nan)
+def _cameras(names: Sequence[str], indices: Sequence[int]) -> str:
+    """``camera a`` or ``cameras a, b``, for messages."""
+    return ("camera " if len(indices) == 1 else "cameras ") + ", ".join(names[k] for k in indices)
+
+
+def _evenly(frames: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of the sorted ``frames``, evenly spaced."""
+    if len(frames) <= count:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, count).round().astype(int)]
+
+
+def _sample_frames(valid: np.ndarray, edges: list[tuple[int, int]], max_frames: int) -> np.ndarray:
+    """Frames for the adjustment: ``max_frames`` evenly among those >= 2 cameras see, plus a few per tree link.
+
+    Even sampling alone could miss the only frames that tie a camera to the rig; those are added, so the
+    sample may exceed ``max_frames`` by ``LINK_FRAMES`` per camera.
+    """
+    rows = set(_evenly(np.flatnonzero(valid.sum(1) >= 2), max_frames).tolist())
+    for parent, child in edges:
+        both = np.flatnonzero(valid[:, parent] & valid[:, child])
+        if len(rows.intersection(both.tolist())) < min(LINK_FRAMES, len(both)):
+            rows.update(_evenly(both, LINK_FRAMES).tolist())
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- estimating: start
+def _mean_rotation(rotations: np.ndarray) -> np.ndarray:
+    """Chordal L2 mean of ``(B, 3, 3)`` rotations: the rotation nearest their element-wise average."""
+    u, _, vt = np.linalg.svd(rotations.mean(0))
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def _robust_mean_rotation(rotations: np.ndarray) -> np.ndarray:
+    """:func:`_mean_rotation` of the rotations within ``ROTATION_OUTLIER_DEG`` of a first mean.
+
+    A frame where FaceMesh fitted the face badly in one camera (a profile, a hand in front) would otherwise drag
+    the camera's relative rotation; the adjustment can only repair a start that is roughly right.
+    """
+    first = _mean_rotation(rotations)
+    angles = Rotation.from_matrix(rotations @ first.T).magnitude()  # (B,) radians
+    keep = angles <= max(np.radians(ROTATION_OUTLIER_DEG), 3 * np.median(angles))
+    return _mean_rotation(rotations[keep])
+
+
+def _heads_in_cameras(landmarks: np.ndarray, valid: np.ndarray, reference: np.ndarray, Ks: list[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Head -> camera rotations ``(S, C, 3, 3)`` and translations ``(S, C, 3)`` (NaN where unseen), closed form."""
+    s, c = valid.shape
+    rot, trans = np.full((s, c, 3, 3), np.nan), np.full((s, c, 3), np.nan)
     for k in range(c):
         rows = np.flatnonzero(valid[:, k])
         if len(rows):
-            poses[rows, k] = _head_in_camera(landmarks[rows, k], reference, Ks[k])
-    rots, trans = [np.eye(3)], [np.zeros(3)]
-    for k in range(1, c):
-        both = valid[:, 0] & valid[:, k]
-        if not both.any():  # chain through a camera that shares frames with both would be next; keep it simple
-            raise CacheError(f"cameras 0 and {k} never see the face in the same frame; the cameras cannot be "
-                             "estimated from landmarks: pass --calibration FILE")
-        r0 = Rotation.from_rotvec(poses[both, 0, :3]).as_matrix()
-        rk = Rotation.from_rotvec(poses[both, k, :3]).as_matrix()
-        rel = Rotation.from_matrix(rk @ r0.transpose(0, 2, 1)).mean().as_matrix()
-        t_rel = np.median(poses[both, k, 3:] - poses[both, 0, 3:] @ rel.T, axis=0)
-        rots.append(rel)
-        trans.append(t_rel)
-    head = np.zeros((n, 6))
-    for i in range(n):
-        k = int(np.flatnonzero(valid[i])[0])
-        r = rots[k].T @ Rotation.from_rotvec(poses[i, k, :3]).as_matrix()
-        head[i] = np.r_[Rotation.from_matrix(r).as_rotvec(), rots[k].T @ (poses[i, k, 3:] - trans[k])]
-    return np.stack(rots), np.stack(trans), head
+            pose = initial_pose(landmarks[rows, k], reference, Ks[k], np.eye(3), np.zeros(3))  # (B, 6)
+            rot[rows, k] = Rotation.from_rotvec(pose[:, :3]).as_matrix()
+            trans[rows, k] = pose[:, 3:]
+    return rot, trans
+
+
+def _initial_rig(rot: np.ndarray, trans: np.ndarray, valid: np.ndarray, edges: list[tuple[int, int]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """World (camera 0) -> camera rotations ``(C, 3, 3)`` and translations ``(C, 3)``, chained along ``edges``.
+
+    Per link: R_kp = (robust chordal) mean over shared frames of R_k,head R_p,head^T; t_kp = median of
+    T_k - R_kp T_p.
+    """
+    c = valid.shape[1]
+    R, t = np.zeros((c, 3, 3)), np.zeros((c, 3))
+    R[0] = np.eye(3)
+    for parent, child in edges:
+        both = valid[:, parent] & valid[:, child]
+        rel = _robust_mean_rotation(rot[both, child] @ rot[both, parent].transpose(0, 2, 1))
+        t_rel = np.median(trans[both, child] - trans[both, parent] @ rel.T, axis=0)
+        R[child], t[child] = rel @ R[parent], rel @ t[parent] + t_rel
+    return R, t
+
+
+def _initial_heads(rot: np.ndarray, trans: np.ndarray, valid: np.ndarray, R: np.ndarray, t: np.ndarray
+                   ) -> np.ndarray:
+    """Head -> world poses ``(S, 6)`` (axis-angle, translation): each frame's cameras' estimates, averaged."""
+    heads = np.zeros((valid.shape[0], 6))
+    for i, seen in enumerate(valid):
+        ks = np.flatnonzero(seen)
+        rotations = R[ks].transpose(0, 2, 1) @ rot[i, ks]  # (B, 3, 3) head -> world per camera
+        positions = np.einsum("bji,bj->bi", R[ks], trans[i, ks] - t[ks])  # R^T (T - t)
+        heads[i] = np.r_[Rotation.from_matrix(_mean_rotation(rotations)).as_rotvec(), positions.mean(0)]
+    return heads
+
+
+# ---------------------------------------------------------------------------------------------- estimating: model
+def _skew(v: np.ndarray) -> np.ndarray:
+    """``(..., 3, 3)`` cross-product matrices: ``_skew(a) @ b == a x b``."""
+    out = np.zeros((*v.shape[:-1], 3, 3))
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    return out - np.swapaxes(out, -1, -2)
+
+
+def _left_jacobian(rotvec: np.ndarray) -> np.ndarray:
+    """``(B, 3, 3)`` SO(3) left Jacobians: ``exp(w + d) = exp(J(w) d) exp(w)`` to first order in ``d``."""
+    theta = np.linalg.norm(rotvec, axis=-1)[:, None, None]  # (B, 1, 1)
+    small = theta < 1e-6
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 0.5 - theta**2 / 24, (1 - np.cos(safe)) / safe**2)
+    b = np.where(small, 1 / 6 - theta**2 / 120, (safe - np.sin(safe)) / safe**3)
+    w = _skew(rotvec)
+    return np.eye(3) + a * w + b * (w @ w)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The adjustment's fixed data. Observations are the ``P`` seen (frame, camera) pairs, each of the rigid points.
+
+    Parameter vector: cameras 1..C-1 (axis-angle, t; world -> camera) | head pose per frame (axis-angle, t;
+    head -> world) | structure ``(R, 3)`` in the head frame | log focal scale per camera (only when refined).
+    Residuals: ``(P, R, 2)`` pixel errors, then the 7 weighted gauge residuals (:meth:`gauge`).
+    """
+
+    frame: np.ndarray  # (P,) sampled-frame index of each observation
+    camera: np.ndarray  # (P,) camera index
+    target: np.ndarray  # (P, R, 2) FaceMesh pixels
+    Ks: np.ndarray  # (C, 3, 3) default intrinsics
+    reference: np.ndarray  # (R, 3) the reference's rigid points, the gauge
+    frames: int
+    refine_focal: bool
+
+    @property
+    def cameras(self) -> int:
+        return len(self.Ks)
+
+    @property
+    def points(self) -> int:
+        return len(self.reference)
+
+    def slices(self) -> tuple[slice, slice, slice, slice]:
+        """Where cameras, head poses, structure and focal scales sit in the parameter vector."""
+        c, s, r = self.cameras, self.frames, self.points
+        a, b, d = 6 * (c - 1), 6 * (c - 1) + 6 * s, 6 * (c - 1) + 6 * s + 3 * r
+        return slice(0, a), slice(a, b), slice(b, d), slice(d, d + (c if self.refine_focal else 0))
+
+    def pack(self, R: np.ndarray, t: np.ndarray, heads: np.ndarray, structure: np.ndarray) -> np.ndarray:
+        cams = np.concatenate([Rotation.from_matrix(R[1:]).as_rotvec(), t[1:]], 1)  # (C-1, 6)
+        focal = np.zeros(self.cameras if self.refine_focal else 0)
+        return np.concatenate([cams.reshape(-1), heads.reshape(-1), structure.reshape(-1), focal])
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                             np.ndarray]:
+        """Camera rotvecs ``(C, 3)`` (camera 0's zero), rotations ``(C, 3, 3)``, translations ``(C, 3)``, head
+        poses ``(S, 6)``, structure ``(R, 3)``, focal scales ``(C,)``."""
+        cam_s, head_s, point_s, focal_s = self.slices()
+        cams = np.concatenate([np.zeros((1, 6)), x[cam_s].reshape(-1, 6)])  # (C, 6)
+        scale = np.exp(x[focal_s]) if self.refine_focal else np.ones(self.cameras)
+        R = Rotation.from_rotvec(cams[:, :3]).as_matrix()
+        return cams[:, :3], R, cams[:, 3:], x[head_s].reshape(-1, 6), x[point_s].reshape(-1, 3), scale
+
+    def _forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Everything the residuals and the Jacobian share: points in the head, world and camera frames."""
+        rotvec, R, t, heads, structure, scale = self.unpack(x)
+        head_rot = Rotation.from_rotvec(heads[:, :3]).as_matrix()  # (S, 3, 3)
+        turned = np.einsum("sij,rj->sri", head_rot, structure)  # (S, R, 3) Rot_head S
+        world = turned + heads[:, None, 3:]
+        Rp = R[self.camera]  # (P, 3, 3)
+        rotated = np.einsum("pij,prj->pri", Rp, world[self.frame])  # (P, R, 3)
+        cam = rotated + t[self.camera][:, None]
+        depth = np.maximum(cam[..., 2], 1e-6)  # (P, R)
+        K = self.Ks[self.camera]
+        focal = K[:, [0, 1], [0, 1]] * scale[self.camera][:, None]  # (P, 2)
+        offset = cam[..., :2] / depth[..., None] * focal[:, None]  # (P, R, 2) relative to the principal point
+        return {"rotvec": rotvec, "R": Rp, "heads": heads, "head_rot": head_rot, "structure": structure,
+                "turned": turned, "rotated": rotated, "cam": cam, "depth": depth, "focal": focal,
+                "offset": offset, "uv": offset + K[:, None, [0, 1], [2, 2]]}
+
+    def reprojection(self, x: np.ndarray) -> np.ndarray:
+        """``(P, R, 2)`` projection minus FaceMesh, in pixels."""
+        return self._forward(x)["uv"] - self.target
+
+    def gauge(self, structure: np.ndarray) -> np.ndarray:
+        """7 residuals, zero when the structure has the reference's centroid, orientation and RMS radius.
+
+        The structure and the head poses are otherwise free up to a common similarity (moving, turning or
+        growing the structure is undone by the poses and the rig); these pin the metric reference's.
+        """
+        ref_centre = self.reference.mean(0)
+        ref, own = self.reference - ref_centre, structure - structure.mean(0)
+        radius = np.sqrt((ref**2).sum(1).mean())
+        twist = np.cross(own, ref).sum(0) / (len(ref) * radius**2)  # zero when no rotation aligns them better
+        return np.r_[(structure.mean(0) - ref_centre) / radius, twist, np.sqrt((own**2).sum(1).mean()) / radius - 1]
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        structure = x[self.slices()[2]].reshape(-1, 3)
+        return np.concatenate([self.reprojection(x).reshape(-1), GAUGE_WEIGHT * self.gauge(structure)])
+
+    def _gauge_jacobian(self, structure: np.ndarray) -> np.ndarray:
+        """``(7, R, 3)`` derivative of :meth:`gauge` (unweighted) with respect to the structure."""
+        r = self.points
+        ref = self.reference - self.reference.mean(0)
+        own = structure - structure.mean(0)
+        radius = np.sqrt((ref**2).sum(1).mean())
+        rms = np.sqrt((own**2).sum(1).mean())
+        centre = np.broadcast_to(np.eye(3)[:, None] / (r * radius), (3, r, 3))
+        twist = -np.transpose(_skew(ref), (1, 0, 2)) / (r * radius**2)  # (3, R, 3): d(own_j x ref_j)/d own_j
+        size = own[None] / (r * rms * radius)
+        return np.concatenate([centre, twist, size])
+
+    def jacobian(self, x: np.ndarray) -> csr_matrix:
+        """The residuals' exact Jacobian, sparse: a pixel depends on its camera, frame, point and focal scale.
+
+        Rotations are differentiated through the SO(3) left Jacobian, ``d(exp(w) v)/dw = -[exp(w) v]x J(w)``.
+        """
+        f = self._forward(x)
+        cam_s, head_s, point_s, focal_s = self.slices()
+        p, r = len(self.frame), self.points
+        rows = np.arange(p * r * 2).reshape(p, r, 2)
+        d_cam = np.zeros((p, r, 2, 3))  # d(pixel) / d(point in the camera frame)
+        d_cam[..., 0, 0] = f["focal"][:, None, 0] / f["depth"]
+        d_cam[..., 1, 1] = f["focal"][:, None, 1] / f["depth"]
+        d_cam[..., :, 2] = -f["offset"] / f["depth"][..., None]
+        d_world = d_cam @ f["R"][:, None]  # (P, R, 2, 3)
+        head_jl = _left_jacobian(f["heads"][:, :3])[self.frame][:, None]  # (P, 1, 3, 3)
+        head = head_s.start + 6 * self.frame  # (P,) first column of each observation's head pose
+        point = point_s.start + 3 * np.arange(r)  # (R,) first column of each structure point
+        entries = [
+            _block(rows, head[:, None], -d_world @ _skew(f["turned"][self.frame]) @ head_jl),
+            _block(rows, head[:, None] + 3, d_world),
+            _block(rows, np.broadcast_to(point, (p, r)), d_world @ f["head_rot"][self.frame][:, None]),
+        ]
+        moved = self.camera > 0  # camera 0 is the world frame: it has no parameters
+        if moved.any():
+            cam_jl = _left_jacobian(f["rotvec"][self.camera[moved]])[:, None]
+            camera = (cam_s.start + 6 * (self.camera[moved] - 1))[:, None]
+            entries.append(_block(rows[moved], camera, -d_cam[moved] @ _skew(f["rotated"][moved]) @ cam_jl))
+            entries.append(_block(rows[moved], camera + 3, d_cam[moved]))
+        if self.refine_focal:
+            focal = np.broadcast_to((focal_s.start + self.camera)[:, None, None], rows.shape)
+            entries.append((rows.reshape(-1), focal.reshape(-1), f["offset"].reshape(-1)))
+        gauge = GAUGE_WEIGHT * self._gauge_jacobian(f["structure"])  # (7, R, 3)
+        entries.append(_block(p * r * 2 + np.arange(7)[:, None, None], np.broadcast_to(point, (7, r)),
+                              gauge[:, :, None]))
+        row, col, val = (np.concatenate([e[i] for e in entries]) for i in range(3))
+        return csr_matrix((val, (row, col)), shape=(p * r * 2 + 7, focal_s.stop))
+
+
+def _block(rows: np.ndarray, first: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO triplets of a 3-column block: ``value (..., A, 3)`` at rows ``rows (..., A)``, columns ``first + 0..2``.
+
+    ``first`` broadcasts against ``rows`` without its last axis (one first column per observation).
+    """
+    row = np.broadcast_to(rows[..., None], value.shape)
+    col = np.broadcast_to(first[..., None, None] + np.arange(3), value.shape)
+    return row.reshape(-1), col.reshape(-1), value.reshape(-1)
+
+
+def _problem(landmarks: np.ndarray, valid: np.ndarray, Ks: list[np.ndarray], reference: np.ndarray,
+             refine_focal: bool) -> _Problem:
+    frame, camera = np.nonzero(valid)
+    rigid = list(RIGID_LANDMARKS)
+    return _Problem(frame=frame, camera=camera, target=landmarks[frame, camera][:, rigid, :2], Ks=np.stack(Ks),
+                    reference=reference[rigid], frames=valid.shape[0], refine_focal=refine_focal)
+
+
+def _errors(problem: _Problem, x: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per camera: rms and median landmark reprojection error in pixels, and how many landmarks were compared."""
+    err = np.linalg.norm(problem.reprojection(x), axis=-1)  # (P, R)
+    stats = {}
+    for k, name in enumerate(names):
+        e = err[problem.camera == k]
+        stats[name] = {"rms_px": float(np.sqrt((e**2).mean())), "median_px": float(np.median(e)),
+                       "landmarks": int(e.size)}
+    return stats
+
+
+def _adjust(problem: _Problem, x0: np.ndarray) -> OptimizeResult:
+    """Robust least squares from ``x0``: soft-L1 with a knee of a few pixels, exact sparse Jacobian."""
+    return least_squares(problem.residuals, x0, jac=problem.jacobian, method="trf", loss="soft_l1",
+                         f_scale=ROBUST_SCALE_PX, x_scale="jac", max_nfev=MAX_EVALUATIONS, tr_options=LSMR_OPTIONS)
+
+
+def _single_camera(names: Sequence[str], sizes: Sequence[tuple[int, int]]) -> Calibration:
+    record = CameraRecord(names[0], default_intrinsics(*sizes[0]), np.eye(3).tolist(), [0.0, 0.0, 0.0],
+                          *sizes[0])
+    return Calibration([record], [None], True, {
+        "method": "single camera: it is the world frame (R = I, t = 0), nothing to adjust",
+        "world": f"camera {names[0]}'s frame", "intrinsics": DEFAULT_INTRINSICS})
 
 
 def estimate_calibration(landmarks: np.ndarray, valid: np.ndarray, sizes: Sequence[tuple[int, int]],
                          names: Sequence[str], reference: np.ndarray, max_frames: int = 40,
-                         refine_focal: bool = True) -> Calibration:
-    """Cameras from FaceMesh landmarks ``(N, C, L, 3)`` (pixels) seen with ``valid (N, C)``; see the module doc.
+                         refine_focal: bool = False) -> Calibration:
+    """Cameras from FaceMesh landmarks seen by several cameras (see the module doc); world = camera 0's frame.
 
-    ``reference (L, 3)``: the actor's neutral landmark shape in metres (the template's first L vertices).
+    Args:
+        landmarks: ``(N, C, L, 3)`` FaceMesh per frame and camera: x, y in pixels (centres at +0.5), z its
+            relative depth in x's pixel scale, away from the camera. L = 468 or 478.
+        valid: ``(N, C)`` the camera saw a face in that frame.
+        sizes, names: ``(width, height)`` and name per camera.
+        reference: ``(L, 3)`` the actor's neutral landmarks in metres, head frame (x right, y down, z away from
+            a frontal camera); its rigid points fix the scene's scale.
+        max_frames: frames sampled (evenly, among frames >= 2 cameras see) for the adjustment.
+        refine_focal: also fit one focal scale per camera. Landmarks of a face constrain it weakly (a longer
+            focal and a farther rig look alike); without it the field of view is the default guess.
+
+    Raises:
+        CacheError: shapes disagree, valid landmarks hold NaN, a camera never sees a face, or some cameras never
+            see it together with the rest (then only ``--calibration FILE`` can place them).
     """
     landmarks, valid = np.asarray(landmarks, np.float64), np.asarray(valid, bool)
-    n, c = valid.shape
-    if landmarks.shape[:2] != (n, c) or landmarks.shape[-1] != 3 or len(sizes) != c or len(names) != c:
-        raise CacheError(f"estimate_calibration: landmarks {list(landmarks.shape)}, valid {list(valid.shape)}, "
-                         f"{len(sizes)} sizes and {len(names)} names disagree")
+    reference = np.asarray(reference, np.float64)
+    _check_inputs(landmarks, valid, sizes, names, reference)
+    if len(names) == 1:
+        return _single_camera(names, sizes)
+    edges = _camera_tree(valid, names)
+    rows = _sample_frames(valid, edges, max_frames)
+    obs, seen = landmarks[rows], valid[rows]  # (S, C, L, 3), (S, C)
     Ks = [np.array(default_intrinsics(w, h)) for w, h in sizes]
-    report: dict[str, Any] = {"intrinsics": DEFAULT_INTRINSICS, "world": f"camera {names[0]}'s frame"}
-    if c == 1:
-        record = CameraRecord(names[0], Ks[0].tolist(), np.eye(3).tolist(), [0.0, 0.0, 0.0], *sizes[0])
-        return Calibration([record], [None], True, {**report, "method": "single camera: identity extrinsics"})
-    for k, name in enumerate(names):
-        if not valid[:, k].any():
-            raise CacheError(f"camera {name} never sees a face; its calibration cannot be estimated: pass "
-                             "--calibration FILE")
-    if not np.isfinite(landmarks[valid]).all():
-        raise CacheError("estimate_calibration: landmarks marked valid hold NaN")
-    shared = np.flatnonzero(valid.sum(1) >= 2)
-    if not len(shared):
-        raise CacheError(f"no frame in which two of the cameras {list(names)} see the face: the cameras cannot be "
-                         "estimated from landmarks; pass --calibration FILE")
-    rows = shared[np.linspace(0, len(shared) - 1, min(max_frames, len(shared))).round().astype(int)]
-    rigid = list(RIGID_LANDMARKS)
-    obs, seen = landmarks[rows][:, :, rigid, :2], valid[rows]  # (S, C, R, 2)
-    structure0 = reference[rigid] - reference[rigid].mean(0)
-    radius = np.sqrt((structure0**2).sum(1).mean())
-    rots, trans, head = _initial_rig(landmarks[rows][:, :, :, :], seen, reference, Ks)
-    head[:, 3:] += Rotation.from_rotvec(head[:, :3]).apply(reference[rigid].mean(0))  # origin at the centroid
-    s, r = len(rows), len(rigid)
 
-    def unpack(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        cam = x[: 6 * (c - 1)].reshape(c - 1, 6)
-        poses = x[6 * (c - 1) : 6 * (c - 1) + 6 * s].reshape(s, 6)
-        points = x[6 * (c - 1) + 6 * s : 6 * (c - 1) + 6 * s + 3 * r].reshape(r, 3)
-        focal = float(np.exp(x[-1])) if refine_focal else 1.0
-        R = np.concatenate([np.eye(3)[None], Rotation.from_rotvec(cam[:, :3]).as_matrix()])
-        t = np.concatenate([np.zeros((1, 3)), cam[:, 3:]])
-        return R, t, poses, points, focal
-
-    def residuals(x: np.ndarray) -> np.ndarray:
-        R, t, poses, points, focal = unpack(x)
-        world = Rotation.from_rotvec(poses[:, :3]).as_matrix() @ points.T  # (S, 3, R)
-        world = world.transpose(0, 2, 1) + poses[:, None, 3:]
-        out = np.zeros((s, c, r, 2))
-        for k in range(c):
-            K = Ks[k].copy()
-            K[:2, :2] *= focal
-            out[:, k] = np.where(seen[:, k, None, None], _project(world, K, R[k], t[k]) - obs[:, k], 0.0)
-        gauge = [GAUGE_WEIGHT * (np.sqrt((points**2).sum(1).mean()) / radius - 1),
-                 *(GAUGE_WEIGHT * points.mean(0) / radius)]
-        return np.concatenate([out.reshape(-1), gauge])
-
-    x0 = np.concatenate([np.concatenate([Rotation.from_matrix(rots[1:]).as_rotvec(), trans[1:]], 1).reshape(-1),
-                         head.reshape(-1), structure0.reshape(-1), [0.0] if refine_focal else []])
-    sparsity = _sparsity(s, c, r, refine_focal)
-    before = _rms(residuals(x0)[:-4], seen, r)
-    result = least_squares(residuals, x0, jac_sparsity=sparsity, method="trf", loss="soft_l1",
-                           f_scale=ROBUST_SCALE_PX, x_scale="jac", max_nfev=200)
-    R, t, _, _, focal = unpack(result.x)
-    per_camera = np.abs(result.fun[:-4].reshape(s, c, r, 2))
-    records, stats = [], {}
+    rot, trans = _heads_in_cameras(obs, seen, reference, Ks)
+    R0, t0 = _initial_rig(rot, trans, seen, edges)
+    problem = _problem(obs, seen, Ks, reference, refine_focal)
+    x0 = problem.pack(R0, t0, _initial_heads(rot, trans, seen, R0, t0), problem.reference)
+    result = _adjust(problem, x0)
+    _, R, t, _, _, scale = problem.unpack(result.x)
+    records = []
     for k, name in enumerate(names):
         K = Ks[k].copy()
-        K[:2, :2] *= focal
+        K[:2, :2] *= scale[k]
         records.append(CameraRecord(name, K.tolist(), R[k].tolist(), t[k].tolist(), *sizes[k]))
-        err = np.linalg.norm(per_camera[:, k], axis=-1)[seen[:, k]]
-        stats[name] = {"rms_px": float(np.sqrt((err**2).mean())), "median_px": float(np.median(err))}
-    report.update({
-        "method": "bundle adjustment of FaceMesh rigid landmarks (scipy least_squares, soft-L1)",
-        "frames": int(s), "rigid_landmarks": r, "evaluations": int(result.nfev),
-        "rms_px_before": before, "reprojection": stats, "focal_scale": focal,
-        "intrinsics": DEFAULT_INTRINSICS + (f", refined by a shared scale {focal:.3f}" if refine_focal else ""),
-    })
-    return Calibration(records, [None] * c, True, report)
-
-
-def _rms(residual: np.ndarray, seen: np.ndarray, r: int) -> float:
-    s, c = seen.shape
-    err = np.linalg.norm(residual.reshape(s, c, r, 2), axis=-1)[seen]
-    return float(np.sqrt((err**2).mean()))
-
-
-def _sparsity(s: int, c: int, r: int, focal: bool) -> lil_matrix:
-    """Which parameters each residual depends on: its camera, its frame, its point (and the focal scale)."""
-    cams, poses = 6 * (c - 1), 6 * s
-    size = cams + poses + 3 * r + int(focal)
-    m = lil_matrix((s * c * r * 2 + 4, size), dtype=int)
-    for i in range(s):
-        for k in range(c):
-            for j in range(r):
-                row = ((i * c + k) * r + j) * 2
-                if k:
-                    m[row : row + 2, 6 * (k - 1) : 6 * k] = 1
-                m[row : row + 2, cams + 6 * i : cams + 6 * i + 6] = 1
-                m[row : row + 2, cams + poses + 3 * j : cams + poses + 3 * j + 3] = 1
-                if focal:
-                    m[row : row + 2, size - 1] = 1
-    m[s * c * r * 2 :, cams + poses : cams + poses + 3 * r] = 1
-    return m
-
-
-def save_calibration(cameras: Sequence[CameraRecord], path: str | Path) -> Path:
-    """Write cameras as a calibration file ``load_calibration`` reads (OpenCV conventions: cx, cy - 0.5)."""
-    records = []
-    for camera in cameras:
-        K = np.array(camera.K, np.float64)
-        K[:2, 2] -= 0.5
-        records.append({"name": camera.name, "K": K.tolist(), "R": camera.R, "t": camera.t, "width": camera.width,
-                        "height": camera.height})
-    path = Path(path)
-    path.write_text(json.dumps({"cameras": records}, indent=1))
-    return path
+    intrinsics = DEFAULT_INTRINSICS
+    if refine_focal:
+        intrinsics += "; focal refined per camera (weakly observable from landmarks)"
+    report = {
+        "method": METHOD, "world": f"camera {names[0]}'s frame", "intrinsics": intrinsics,
+        "frames": len(rows), "frame_indices": rows.tolist(), "rigid_landmarks": problem.points,
+        "links": [[names[p], names[k]] for p, k in edges],
+        "iterations": int(result.njev), "evaluations": int(result.nfev), "converged": bool(result.status > 0),
+        "rms_px_initial": {n: e["rms_px"] for n, e in _errors(problem, x0, names).items()},
+        "reprojection": _errors(problem, result.x, names),
+    }
+    if refine_focal:
+        report["focal_scale"] = {name: float(s) for name, s in zip(names, scale, strict=True)}
+    return Calibration(records, [None] * len(names), True, report)
