@@ -148,7 +148,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
 
 
 def main(argv: Sequence[str]) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from avatar_lightning.progress import PhaseProgress
 
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning ingest",
@@ -166,15 +166,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--ignore-decode-errors", action="store_true",
                         help="accept a video whose decoding reports damage (concealed frames may hold garbage)")
     args = parser.parse_args(argv)
-    columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total or None)
-            bar.update(tasks[what], completed=done, total=total or None)
-
+    with PhaseProgress(width=14) as progress:
         cache = ingest_video(args.video, args.out, crop=args.crop, size=args.size, overwrite=args.overwrite,
                              strict=not args.ignore_decode_errors, progress=progress)
     print(cache.describe())

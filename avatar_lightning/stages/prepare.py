@@ -10,7 +10,8 @@ import logging
 from collections.abc import Sequence
 
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from avatar_lightning.progress import PhaseProgress
 
 
 def main(argv: Sequence[str]) -> int:
@@ -43,15 +44,7 @@ def main(argv: Sequence[str]) -> int:
     options = PrepareOptions(calibration=args.calibration, clean_plates=tuple(args.clean_plate),
                              test_seconds=args.test_seconds, val_seconds=args.val_seconds,
                              texture_size=args.texture_size, overwrite=args.overwrite)
-    columns = (TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done)
-
+    with PhaseProgress(width=26) as progress:
         cache = prepare_capture(args.video, args.out, options, progress)
     print(cache.describe())
     fit = cache.manifest.meta["prepare"]["fit"]["cameras"]

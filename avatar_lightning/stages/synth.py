@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+from avatar_lightning.progress import PhaseProgress
 from avatar_lightning.synth.generate import PRESETS, generate
 
 
@@ -24,17 +23,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-preview", action="store_true", help="skip the mp4 previews")
     args = parser.parse_args(argv)
 
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done)
-
+    with PhaseProgress() as progress:
         cache = generate(args.out, preset=args.preset, identity=args.identity, seed=args.seed,
                          overwrite=args.overwrite, previews=not args.no_preview, progress=progress)
     print(cache.describe())
-    print(f"made in {cache.manifest.meta.get('seconds_to_generate', 0):.1f} s" if tasks else "already up to date")
+    seconds = cache.manifest.meta.get("seconds_to_generate", 0)
+    print(f"made in {seconds:.1f} s" if progress.started else "already up to date")
     return 0
