@@ -26,3 +26,30 @@ def timed(fn: Callable[[], object], device: torch.device, min_time: float, max_r
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times)
+
+
+class PhaseTimer:
+    """A stage's ``progress(what, done, total)`` callback that adds up wall time and frames per named phase.
+
+    The time between two reports is charged to the phase that reports second (the one that was running).
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        entry = self.phases.setdefault(what, {"frames": 0, "seconds": 0.0})
+        entry["seconds"] += now - self.last
+        entry["frames"] = done
+        self.last = now
+
+    def rows(self, total_seconds: float, rest: str) -> list[dict[str, float | str]]:
+        """One row per phase with frames/s, then ``rest``: the time no phase reported."""
+        rows: list[dict[str, float | str]] = [
+            {"phase": name, **v, "frames_per_s": v["frames"] / max(v["seconds"], 1e-9)}
+            for name, v in self.phases.items()]
+        accounted = sum(float(r["seconds"]) for r in rows)
+        rows.append({"phase": rest, "frames": 0, "seconds": total_seconds - accounted, "frames_per_s": 0.0})
+        return rows

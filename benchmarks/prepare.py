@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import PhaseTimer  # a sibling module: benchmarks run as `python benchmarks/X.py`
 
 from avatar_lightning.capture.calibration import save_calibration
 from avatar_lightning.capture.evaluate import KEY_SHAPES, export_videos, score_prepared
@@ -63,27 +64,19 @@ def _anon_rss_mb() -> float:
 
 
 def speed(tmp: Path, video: Path) -> dict:
-    phases: dict[str, dict[str, float]] = {}
+    timer = PhaseTimer()
     peak = {"anon_mb": 0.0}
-    last = {"t": time.perf_counter()}
 
     def progress(what: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        entry = phases.setdefault(what, {"frames": 0, "seconds": 0.0})
-        entry["seconds"] += now - last["t"]
-        entry["frames"] = done
-        last["t"] = now
+        timer(what, done, total)
         peak["anon_mb"] = max(peak["anon_mb"], _anon_rss_mb())
 
-    start = time.perf_counter()
-    last["t"] = start
+    start = timer.last = time.perf_counter()
     cache = prepare_capture([str(video)], tmp / video.stem, PrepareOptions(), progress)
     total = time.perf_counter() - start
     frames = cache.num_frames
-    rows = [{"phase": name, **v, "frames_per_s": v["frames"] / max(v["seconds"], 1e-9)} for name, v in phases.items()]
-    rows.append({"phase": "other (template, focal search, clean plate, report)", "frames": 0,
-                 "seconds": total - sum(r["seconds"] for r in rows), "frames_per_s": 0.0})
-    baseline = phases["decode + FaceMesh"]["seconds"]
+    rows = timer.rows(total, "other (template, focal search, clean plate, report)")
+    baseline = timer.phases["decode + FaceMesh"]["seconds"]
     fit = cache.manifest.meta["prepare"]["fit"]["cameras"]["cam0"]
     return {"video": str(video), "frames": frames, "size": [cache.cameras[0].width, cache.cameras[0].height],
             "total_seconds": total, "frames_per_s": frames / total, "baseline": "decode + FaceMesh",

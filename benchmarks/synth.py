@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import PhaseTimer  # a sibling module: benchmarks run as `python benchmarks/X.py`
 
 from avatar_lightning.synth.generate import PRESETS, generate
 
@@ -26,26 +27,12 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/synth.json")
     args = parser.parse_args()
 
-    phases: dict[str, dict[str, float]] = {}
-    last = {"t": time.perf_counter()}
-
-    def progress(what: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        entry = phases.setdefault(what, {"frames": 0, "seconds": 0.0})
-        entry["seconds"] += now - last["t"]
-        entry["frames"] = done
-        last["t"] = now
-
+    timer = PhaseTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        last["t"] = start
-        generate(Path(tmp) / "cache", preset=args.preset, previews=True, progress=progress)
+        start = timer.last = time.perf_counter()
+        generate(Path(tmp) / "cache", preset=args.preset, previews=True, progress=timer)
         total = time.perf_counter() - start
-    rows = [{"phase": name, **v, "frames_per_s": v["frames"] / max(v["seconds"], 1e-9)} for name, v in phases.items()]
-    accounted = sum(r["seconds"] for r in rows)
-    rows.append(
-        {"phase": "set-up, ground truth, previews", "frames": 0, "seconds": total - accounted, "frames_per_s": 0.0}
-    )
+    rows = timer.rows(total, "set-up, ground truth, previews")
     print(f"synthetic actor, preset {args.preset}, {platform.node()} ({torch.get_num_threads()} threads)")
     print(f"{'phase':<32}{'frames':>8}{'seconds':>10}{'frames/s':>10}{'share':>8}")
     for r in rows:

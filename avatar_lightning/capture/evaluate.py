@@ -91,7 +91,6 @@ def texture_psnr(prepared: CaptureCache, truth: CaptureCache, frames: np.ndarray
     mesh = load_template(prepared)
     cams = camera_list(prepared.cameras)
     names = [c.name for c in prepared.cameras]
-    squared, count = 0.0, 0
     with torch.no_grad():
         verts = mesh.deform(torch.from_numpy(prepared.read("tracking/blend_weights")[frames]),
                             torch.from_numpy(prepared.read("tracking/pose")[frames]))

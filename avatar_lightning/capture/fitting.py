@@ -20,7 +20,7 @@ the camera that sees the face best (weak perspective), then refined by the fit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +56,10 @@ class FitSettings:
     smooth_blend: float = 2e-5
     blend_prior: float = 2e-6
     damping: float = 1e-3
+
+    def without_smoothing(self) -> FitSettings:
+        """The same objective for frames far apart in time (a sample), where smoothness would be wrong."""
+        return replace(self, smooth_rotation=0.0, smooth_translation=0.0, smooth_blend=0.0)
 
 
 @dataclass(frozen=True)

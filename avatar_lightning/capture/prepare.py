@@ -51,7 +51,7 @@ from avatar_lightning.capture.split import time_split
 from avatar_lightning.capture.template import ActorTemplate, build_actor_template, with_rest_shape
 from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean_texture, to_uint8
 from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
-from avatar_lightning.render import Cameras, Mesh, RasterSettings, vertex_normals
+from avatar_lightning.render import Cameras, Mesh, RasterSettings, get_rasterizer, uv_to_clip, vertex_normals
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.template import load_template
 
@@ -220,9 +220,7 @@ def choose_focal(store: LandmarkStore, seen: np.ndarray, record: CameraRecord,
     side = max(record.width, record.height)
     errors: dict[str, float] = {}
     best, best_error = record, np.inf
-    # The sampled frames are far apart in time: no smoothing between them.
-    quiet = FitSettings(**{**settings.__dict__, "smooth_rotation": 0.0, "smooth_translation": 0.0,
-                           "smooth_blend": 0.0})
+    quiet = settings.without_smoothing()
     for multiple in FOCAL_CANDIDATES:
         K = np.array(record.K, np.float64)
         K[0, 0] = K[1, 1] = multiple * side
@@ -243,8 +241,7 @@ def triangulate_template(store: LandmarkStore, seen: np.ndarray, records: Sequen
     """
     rows = evenly(np.arange(len(seen)), SHAPE_SAMPLE)
     rows = rows[seen[rows].any(1)]
-    apart = FitSettings(**{**settings.__dict__, "smooth_rotation": 0.0, "smooth_translation": 0.0,
-                           "smooth_blend": 0.0})  # sampled frames are far apart in time
+    apart = settings.without_smoothing()
     for _ in range(SHAPE_ROUNDS):
         fit = fit_tracking(store, seen, records, template, apart, lambda *a: None, rows)
         tracker = _tracker(template, records, settings)
@@ -321,8 +318,6 @@ def extract_textures(cache: CaptureCache, names: Sequence[str], records: Sequenc
 
 
 def _uv_coverage(mesh: Mesh, size: int) -> torch.Tensor:
-    from avatar_lightning.render import get_rasterizer, uv_to_clip
-
     rasterizer = get_rasterizer("torch", torch.device("cpu"))
     raster = rasterizer.rasterize(uv_to_clip(mesh.uvs), mesh.uv_faces, (size, size))
     return raster.triangle_id[0] >= 0
