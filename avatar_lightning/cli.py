@@ -58,6 +58,8 @@ STAGES: dict[str, Stage] = {
                      "avatar_lightning.stages.animate:main"),
     "demo": Stage("the whole chain on the built-in synthetic actor, with a report folder (the README's main job)",
                   "avatar_lightning.stages.demo:main"),
+    "score-transfer": Stage("how faithfully an avatar video follows its driving video (FaceMesh on both, per measure)",
+                            "avatar_lightning.stages.score_transfer:main"),
     "compare": Stage("one table (markdown, CSV) and plots (PNG) of animator runs' held-out scores beside baselines",
                      "avatar_lightning.stages.compare:main"),
     "features": Stage("write person-independent expression features (mediapipe, deca) of every frame",
