@@ -209,7 +209,8 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
     return score
 
 
-def score_videos(driving: str, avatar: str, progress: Progress | None = None) -> tuple[TransferScore, np.ndarray, np.ndarray]:
+def score_videos(driving: str, avatar: str, progress: Progress | None = None
+                 ) -> tuple[TransferScore, np.ndarray, np.ndarray]:
     """Track both videos and score them; also returns both measure series (for the plot)."""
     tracked_driver = track_video(driving, progress)
     tracked_avatar = track_video(avatar, progress)

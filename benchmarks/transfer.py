@@ -73,8 +73,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from avatar_lightning.avatar import load_avatar
-    from avatar_lightning.stages.animate import animate_cache
     from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.stages.animate import animate_cache
     from avatar_lightning.transfer_score import score_measures, track_video, write_report
 
     clips = [Path(c) for c in args.clips] if args.clips else sorted(DRIVING.glob("*.mp4"))
