@@ -233,7 +233,7 @@ def write_report(score: TransferScore, driver: np.ndarray, avatar: np.ndarray, o
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
+    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
     json_path.write_text(json.dumps({"title": title, **score.to_json()}, indent=1))
     n = min(len(driver), len(avatar))
     t = np.arange(n) / score.fps

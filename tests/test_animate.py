@@ -81,7 +81,23 @@ def test_animate_renders_every_frame_and_counts_the_faceless(avatar_dir: Path, d
     assert info.fps == pytest.approx(25.0)
     camera = avatar.cameras[0]
     assert (info.height, info.width) == (camera.height, camera.width + round(96 * camera.height / 96))
+    assert report.avatar_region == (info.width - camera.width, 0, camera.width, camera.height)
+    assert report.avatar_spec == f"{out}@{info.width - camera.width},0,{camera.width},{camera.height}"
     assert not list(tmp_path.glob(".out*"))  # the writer renamed its temporary file
+
+
+def test_animate_scores_its_own_transfer(avatar_dir: Path, driving_video: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "scored.mp4"
+    code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
+                     "--side-by-side", "--score", "--no-progress"])
+    assert code == 0
+    scores = json.loads(out.with_suffix(".transfer.json").read_text())
+    assert scores["frames_driver"] == scores["frames_avatar"] == 30  # the avatar half, frame for frame
+    assert 0 <= scores["summary"]["face_fraction"] <= 1 and out.with_suffix(".transfer.png").is_file()
+    assert "mouth_open" in capsys.readouterr().out
 
 
 def test_animate_command_orbits(avatar_dir: Path, driving_video: Path, tmp_path: Path) -> None:

@@ -57,6 +57,12 @@ class AnimationReport:
     fps: float
     seconds: float
     out: Path
+    avatar_region: tuple[int, int, int, int] | None = None  # (x, y, w, h) of the avatar in a side-by-side video
+
+    @property
+    def avatar_spec(self) -> str:
+        """The avatar's frames in ``out`` as a video spec (``PATH`` or ``PATH@x,y,w,h``), e.g. for score-transfer."""
+        return str(self.out) if self.avatar_region is None else f"{self.out}@{','.join(map(str, self.avatar_region))}"
 
     @property
     def frames_per_second(self) -> float:
@@ -175,6 +181,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     n = len(features)
     task = progress.add_task("animate", total=n, rate="") if progress else None
     start_time = time.perf_counter()
+    region = None
     with VideoWriter(out, fps=driving.fps) as writer:
         for first, z in stream_latents(avatar, features, chunk):
             index = list(range(first, first + len(z)))
@@ -182,12 +189,14 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
             rotations = head(source) if head is not None else None
             image = renderer.render(z, index, rotations)
             if with_driving:
+                width, height = image.shape[2], image.shape[1]
                 image = side_by_side(source, image)
+                region = (image.shape[2] - width, 0, width, height)
             writer.write(image)
             if progress:
                 rate = (first + len(z)) / (time.perf_counter() - start_time)
                 progress.update(task, completed=first + len(z), rate=f"{rate:.1f} frames/s")
-    return AnimationReport(n, int((~valid).sum()), driving.fps, time.perf_counter() - start_time, Path(out))
+    return AnimationReport(n, int((~valid).sum()), driving.fps, time.perf_counter() - start_time, Path(out), region)
 
 
 def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str | Path | None = None,
@@ -231,6 +240,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
     parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
     parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
+    parser.add_argument("--score", action="store_true",
+                        help="then score the transfer (score-transfer: FaceMesh on the driving video and on the "
+                             "avatar's frames); writes <out>.transfer.json and .png")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     background = None
@@ -246,4 +258,12 @@ def main(argv: Sequence[str]) -> int:
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
           f"({report.frames_per_second:.1f} frames/s){faceless}")
+    if args.score:
+        from avatar_lightning.transfer_score import markdown_table, score_videos, write_report
+
+        score, driver, rendered = score_videos(args.driving, report.avatar_spec)
+        json_path, png_path = write_report(score, driver, rendered, Path(args.out).with_suffix(".transfer"),
+                                           title=f"{args.driving} -> {args.avatar}")
+        print(markdown_table(score))
+        print(f"wrote {json_path} and {png_path}")
     return 0

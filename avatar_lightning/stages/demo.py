@@ -22,11 +22,15 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
-from avatar_lightning.features.extract import feature_array, valid_array
+from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array, valid_array
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-GRID = [f"{backbone}_mediapipe{suffix}" for suffix in ("", "_residual") for backbone in ("mlp", "cnn", "lstm")]
-FEATURES = "mediapipe"
+FEATURE_CHOICES = ("mediapipe", "mediapipe_blendshapes")  # offline everywhere; DECA needs the user's weights
+
+
+def grid(features: str) -> list[str]:
+    """The animator cells the demo trains: 3 backbones x residual off/on, over one feature variant."""
+    return [f"{backbone}_{features}{suffix}" for suffix in ("", "_residual") for backbone in ("mlp", "cnn", "lstm")]
 
 
 def _fit(args: list[str]) -> None:
@@ -66,7 +70,7 @@ class Steps:
 
 @torch.no_grad()
 def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: CaptureCache,
-                          truth_blend: np.ndarray, head_vae: Any) -> dict[str, Any]:
+                          truth_blend: np.ndarray, head_vae: Any, features: str = "mediapipe") -> dict[str, Any]:
     """Blend-weight error of the avatar driven by another identity whose true expression is known.
 
     Each identity has its own neutral face, so a constant per-identity offset is removed first: the mean over
@@ -76,8 +80,8 @@ def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: Ca
     from avatar_lightning.scoring import mean_baseline, nearest_neighbour_baseline
     from datamodules.animator import AnimatorDataModule
 
-    x = np.asarray(driving.array(feature_array(FEATURES)), dtype=np.float32)
-    valid = np.asarray(driving.array(valid_array(FEATURES)), dtype=bool)
+    x = np.asarray(driving.array(feature_array(features)), dtype=np.float32)
+    valid = np.asarray(driving.array(valid_array(features)), dtype=bool)
     if len(x) != len(truth_blend):
         raise CacheError(f"{driving.root}: {len(x)} driving frames but {len(truth_blend)} true blend weights")
     truth = truth_blend - truth_blend[valid].mean(axis=0)
@@ -94,12 +98,12 @@ def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: Ca
                                               weights_only=False).eval()
         label = json.loads((run / "scores.json").read_text())["label"]
         rows["runs"][label] = error(model.predict_sequence(torch.from_numpy(x)).numpy())
-    data = AnimatorDataModule(str(actor.root), features=FEATURES)
+    data = AnimatorDataModule(str(actor.root), features=features)
     train_x, train_z = data.training_frames()
     if model is not None:
         bank = model.normalise_features(torch.from_numpy(train_x)).numpy()
         query = model.normalise_features(torch.from_numpy(x)).numpy()
-        rows["baselines"][f"nearest neighbour ({FEATURES})"] = error(
+        rows["baselines"][f"nearest neighbour ({features})"] = error(
             nearest_neighbour_baseline(bank, train_z, [query])[0])
     rows["baselines"]["predict the training mean"] = error(mean_baseline(train_z, [len(x)])[0])
     return rows
@@ -131,7 +135,8 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
 
 
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
-             identity: int = 1, overwrite: bool = False, capture: Sequence[str] = ()) -> Path:
+             identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
+             features: str = "mediapipe", relative: str = "sequence") -> Path:
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
     from avatar_lightning.avatar import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
@@ -149,8 +154,10 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     actor_step = f"prepare actor ({len(capture)} camera(s))" if capture else f"synth actor ({preset})"
     step(actor_step, lambda: _actor(actor_dir, preset, capture, overwrite))
     actor = CaptureCache(actor_dir)
-    if not actor.has(feature_array(FEATURES)):
-        step("features (mediapipe)", lambda: extract_features(actor_dir, FEATURES, relative="sequence"))
+    recorded = actor.manifest.meta.get("features", {}).get(features, {})
+    if not actor.has(feature_array(features)) or recorded.get("relative") != relative:
+        step(f"features ({features}, relative {relative})",
+             lambda: extract_features(actor_dir, features, relative=relative))
     logged = [f"--data.init_args.cache_dir={actor_dir}", f"--trainer.default_root_dir={runs}",
               f"--trainer.logger.init_args.save_dir={runs}"]
     step("head VAE", lambda: _fit([
@@ -176,7 +183,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the animator's small networks run faster on one thread than on two
     try:
-        for cell in GRID:
+        for cell in grid(features):
             step(f"animator {cell}", lambda cell=cell: _fit([
                 "--config", str(EXPERIMENTS / f"{cell}.yaml"), f"--data.init_args.cache_dir={actor_dir}",
                 f"--trainer.default_root_dir={grid_runs}", f"--trainer.logger.init_args.save_dir={grid_runs}",
@@ -185,7 +192,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
                 "--trainer.enable_progress_bar=false"]))
     finally:
         torch.set_num_threads(threads)
-    cells = [p for p in sorted((grid_runs / FEATURES).iterdir()) if (p / "scores.json").is_file()]
+    cells = [p for p in sorted((grid_runs / features).iterdir()) if (p / "scores.json").is_file()]
     step("compare", lambda: compare_main([str(grid_runs), "--out", str(report)]))
     best = min(cells, key=lambda p: json.loads((p / "scores.json").read_text())["metrics"]["latent_mse"])
     avatar_dir = out / "avatar"
@@ -201,7 +208,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
         video, avatar, report / "animation.mp4", work=out / "driving", with_driving=True))
     driving = CaptureCache(out / "driving" / "driving")
     scores = step("cross-identity scores", lambda: cross_identity_scores(
-        cells, actor, driving, np.asarray(driver.read("truth/blend_weights")), vae))
+        cells, actor, driving, np.asarray(driver.read("truth/blend_weights")), vae, features))
     (report / "cross_identity.json").write_text(json.dumps(scores, indent=1))
     (report / "cross_identity.md").write_text(_cross_identity_markdown(scores, identity))
     images = report / "images"
@@ -250,11 +257,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--animator-steps", type=int, default=1500, help="steps per grid cell (paper: 15 000)")
     parser.add_argument("--identity", type=int, default=1, help="the synthetic identity that drives the avatar")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic captures made with other settings")
+    parser.add_argument("--features", default="mediapipe", choices=FEATURE_CHOICES,
+                        help="the animator grid's feature variant (default mediapipe)")
+    parser.add_argument("--relative", default="sequence", choices=RELATIVE_CHOICES,
+                        help="how features are made relative to the person's neutral (default sequence)")
     parser.add_argument("--capture", nargs="+", default=[], metavar="VIDEO",
                         help="a real actor's synchronised camera videos (PATH or PATH@x,y,w,h, as prepare takes) "
                              "instead of the synthetic actor; the driver stays synthetic (its truth gives the "
                              "cross-identity scores)")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity, args.overwrite, args.capture)
+             args.identity, args.overwrite, args.capture, args.features, args.relative)
     return 0
