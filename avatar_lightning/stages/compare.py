@@ -385,6 +385,50 @@ def write_outputs(rows: Sequence[Row], metrics: Sequence[str], out: Path) -> tup
     return table, written
 
 
+def _run_cache(run_dir: Path) -> str:
+    """The cache a run trained on, from the ``config.yaml`` LightningCLI saved beside it."""
+    import yaml
+
+    config = run_dir / "config.yaml"
+    try:
+        return str(yaml.safe_load(config.read_text())["data"]["init_args"]["cache_dir"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        raise CacheError(f"{run_dir}: cannot tell which cache it trained on (no readable config.yaml); pass --cache")
+
+
+def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,
+                   work: Path) -> list[Path]:
+    """Score every run's transfer on ``drivers`` (:mod:`transfer_grid`); writes transfer.md, .json and .png."""
+    from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.transfer_grid import markdown, score_grid, to_json
+
+    runs = [path.parent for path in score_files]
+    by_cache: dict[str, list[Path]] = {}
+    for run in runs:
+        by_cache.setdefault(cache or _run_cache(run), []).append(run)
+    results = []
+    for cache_dir, group in by_cache.items():
+        results += score_grid(group, CaptureCache(cache_dir), drivers, work)
+    table = markdown(results)
+    written = [out / "transfer.md", out / "transfer.json", out / "transfer_r.png"]
+    _write_text(written[0], table)
+    _write_text(written[1], json.dumps(to_json(results), indent=1))
+    plt = _pyplot()
+    ordered = sorted(results, key=lambda r: -r.metrics()["transfer_r"])
+    figure, axes = plt.subplots(figsize=(8, max(2.0, 0.4 * len(ordered) + 1.0)))
+    values = [r.metrics()["transfer_r"] for r in ordered]
+    bars = axes.barh(range(len(ordered)), values, color="C0")
+    axes.set_yticks(range(len(ordered)), [r.label for r in ordered])
+    axes.invert_yaxis()
+    axes.bar_label(bars, labels=[_fmt(v) for v in values], padding=3, fontsize=8)
+    axes.axvline(0.8, color="k", linestyle=":", linewidth=1)
+    axes.set_xlabel(f"transfer: mean Pearson over {len(drivers)} real driver(s) (higher is better; goal 0.8)")
+    axes.margins(x=0.15)
+    _save_figure(figure, written[2])
+    print(table)
+    return written
+
+
 # --------------------------------------------------------------------------------------------- command line
 
 
@@ -397,6 +441,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder for scores.md, scores.csv and the plots")
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated metrics for the table and plots (default: %(default)s)")
+    parser.add_argument("--drivers", nargs="+", metavar="VIDEO",
+                        help="real driving videos: also score every run's transfer on them (transfer.md, .json, "
+                             ".png; FaceMesh on the driver vs the run's decoded mesh)")
+    parser.add_argument("--cache", help="with --drivers: the actor's cache the runs trained on (default: from each "
+                                        "run's config.yaml)")
+    parser.add_argument("--work", type=Path, help="with --drivers: where driving caches are kept (default "
+                                                  "<out>/drivers)")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
@@ -406,6 +457,9 @@ def main(argv: Sequence[str]) -> int:
     if unknown := [m for m in metrics if m not in known]:
         parser.error(f"unknown metric(s) {', '.join(unknown)}; the scores have {', '.join(sorted(known))}")
     table, written = write_outputs(rows, metrics, args.out)
+    if args.drivers:
+        written += write_transfer(find_scores(args.runs), args.drivers, args.out, args.cache,
+                                  args.work or args.out / "drivers")
     print(table)
     print("wrote:")
     for path in written:

@@ -1,0 +1,154 @@
+"""Every animator run of a grid driven by real videos, scored by the transfer metric on the avatar's geometry.
+
+For ``compare --drivers``: each run's animator reads each driving clip's features (extracted the way the run's
+training features were: same extractor, same ``relative``), its latents are decoded by the head VAE that wrote
+the training latents, the head template is deformed by the decoded blend weights, and the mesh's landmark
+vertices are measured exactly as FaceMesh's landmarks are (:func:`transfer_score.mesh_measures`), against
+FaceMesh on the driving frames. No rendering: a grid of 12 cells x 6 clips takes a minute, not hours, and it
+ranks what the animator and the features do; the full chain's video score (``animate --score``) adds what the
+renderer and FaceMesh on rendered frames lose, for the one exported avatar.
+
+Driving caches (frames + features) are kept in a work folder and reused between runs and calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.features.extract import feature_array
+from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
+
+
+@dataclass
+class RunTransfer:
+    """One run's transfer scores, one per driving clip."""
+
+    run_dir: Path
+    label: str
+    features: str
+    scores: dict[str, TransferScore]
+
+    def metrics(self) -> dict[str, float]:
+        """Means over the clips, plus the worst clip's mean correlation."""
+        summaries = [s.summary() for s in self.scores.values()]
+        return {
+            "transfer_r": float(np.mean([s["mean_pearson"] for s in summaries])),
+            "transfer_worst_clip_r": float(np.min([s["mean_pearson"] for s in summaries])),
+            "transfer_mouth_r": float(np.mean([s["mouth_open_pearson"] or 0.0 for s in summaries])),
+            "transfer_min_measure_r": float(np.min([s["min_pearson"] for s in summaries])),
+            "transfer_jitter_ratio": float(np.nanmedian([s["jitter_ratio"] for s in summaries])),
+        }
+
+
+def template_mesh(cache: CaptureCache) -> Any:
+    """The actor's head template from the cache (only what deforming needs)."""
+    from avatar_lightning.render.mesh import Mesh
+
+    arrays = {name: torch.from_numpy(np.asarray(cache.read(f"template/{name}")))
+              for name in ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis") if cache.has(f"template/{name}")}
+    return Mesh(vertices=arrays["vertices"].float(), triangles=arrays["triangles"], uvs=arrays["uvs"].float(),
+                uv_triangles=arrays.get("uv_triangles"), blend_basis=arrays["blend_basis"].float())
+
+
+class DrivingClips:
+    """Real driving videos ingested once into ``work``, their features made on demand, FaceMesh run once."""
+
+    def __init__(self, videos: Sequence[str | Path], work: str | Path) -> None:
+        self.videos = [Path(v) for v in videos]
+        missing = [str(v) for v in self.videos if not v.is_file()]
+        if missing:
+            raise CacheError(f"driving video(s) not found: {', '.join(missing)}")
+        self.work = Path(work)
+        self._tracked: dict[Path, VideoLandmarks] = {}
+
+    def tracked(self, video: Path) -> VideoLandmarks:
+        if video not in self._tracked:
+            self._tracked[video] = track_video(str(video))
+            if not self._tracked[video].valid.any():
+                raise CacheError(f"{video}: FaceMesh found no face in any frame")
+        return self._tracked[video]
+
+    def features(self, video: Path, extractor: str, output: str, relative: str) -> np.ndarray:
+        """``features/<output>`` of ``video`` as ``extractor`` with ``relative`` makes them (cached on disk)."""
+        from avatar_lightning.stages.features import extract_features
+        from avatar_lightning.stages.ingest import ingest_video
+
+        folder = self.work / f"{video.stem}.{extractor}.{relative}"
+        if not (folder / "manifest.json").is_file():
+            ingest_video(video, folder, overwrite=True)
+        if not CaptureCache(folder).has(feature_array(output)):
+            extract_features(folder, extractor, relative=relative, progress=False)
+        return np.asarray(CaptureCache(folder).read(feature_array(output)), dtype=np.float32)
+
+
+def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae: Any, mesh: Any) -> RunTransfer:
+    """One animator run (its ``checkpoints/last.ckpt``) driven by every clip."""
+    import json
+
+    from avatar_lightning.models.animator import Animator
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise CacheError(f"{run_dir}: no checkpoints/last.ckpt to drive")
+    model = Animator.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    output = str(model.hparams.features)
+    recorded = actor.manifest.meta.get("features", {}).get(output)
+    if recorded is None:
+        raise CacheError(f"{actor.root}: no record of how features/{output} were made, so the drivers' cannot be "
+                         "made the same way")
+    scores_file = run_dir / "scores.json"
+    label = json.loads(scores_file.read_text())["label"] if scores_file.is_file() else run_dir.name
+    scores = {}
+    for video in clips.videos:
+        x = clips.features(video, recorded["extractor"], output, recorded.get("relative", "none"))
+        with torch.no_grad():
+            latents = model.predict_sequence(torch.from_numpy(x))
+            _, blend = head_vae.decode(latents)
+        tracked = clips.tracked(video)
+        scores[video.name] = score_measures(tracked.measures, mesh_measures(mesh, blend), tracked.fps)
+    return RunTransfer(run_dir, label, output, scores)
+
+
+def score_grid(run_dirs: Sequence[Path], actor: CaptureCache, videos: Sequence[str | Path], work: str | Path,
+               latents: str = "head_vae") -> list[RunTransfer]:
+    """Every run driven by every video; the head VAE is the one recorded for ``latents/<latents>``."""
+    from avatar_lightning.stages.encode import latent_source, load_head_vae
+
+    source = latent_source(actor, latents)
+    if source is None:
+        raise CacheError(f"{actor.root}: no head VAE recorded for latents/{latents}; run `python -m avatar_lightning "
+                         "encode` with the head VAE the animators were trained against")
+    head_vae, mesh = load_head_vae(source), template_mesh(actor)
+    clips = DrivingClips(videos, work)
+    return [score_run(run, actor, clips, head_vae, mesh) for run in run_dirs]
+
+
+def markdown(results: Sequence[RunTransfer]) -> str:
+    """Per run: mean Pearson per clip, and the summary metrics; best mean in bold."""
+    if not results:
+        return ""
+    clips = list(results[0].scores)
+    best = max(r.metrics()["transfer_r"] for r in results)
+    lines = ["Transfer on real drivers (geometry: FaceMesh on the driver vs the avatar's decoded mesh; mean Pearson "
+             "over the ten measures per clip; higher is better; jitter ratio best near 1).", "",
+             "| run | " + " | ".join(clips) + " | mean | worst clip | mouth_open | worst measure | jitter ratio |",
+             "|---|" + "---|" * (len(clips) + 5)]
+    for r in sorted(results, key=lambda r: -r.metrics()["transfer_r"]):
+        m = r.metrics()
+        mean = f"**{m['transfer_r']:.2f}**" if m["transfer_r"] == best else f"{m['transfer_r']:.2f}"
+        lines.append(f"| {r.label} | " + " | ".join(f"{r.scores[c].mean_pearson():.2f}" for c in clips)
+                     + f" | {mean} | {m['transfer_worst_clip_r']:.2f} | {m['transfer_mouth_r']:.2f} | "
+                       f"{m['transfer_min_measure_r']:.2f} | {m['transfer_jitter_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results: Sequence[RunTransfer]) -> dict[str, Any]:
+    return {r.label: {"run_dir": str(r.run_dir), "features": r.features, "metrics": r.metrics(),
+                      "clips": {clip: s.to_json() for clip, s in r.scores.items()}} for r in results}
