@@ -51,8 +51,9 @@ def template_mesh(cache: CaptureCache) -> Any:
     """The actor's head template from the cache (only what deforming needs)."""
     from avatar_lightning.render.mesh import Mesh
 
+    names = ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis")
     arrays = {name: torch.from_numpy(np.asarray(cache.read(f"template/{name}")))
-              for name in ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis") if cache.has(f"template/{name}")}
+              for name in names if cache.has(f"template/{name}")}
     return Mesh(vertices=arrays["vertices"].float(), triangles=arrays["triangles"], uvs=arrays["uvs"].float(),
                 uv_triangles=arrays.get("uv_triangles"), blend_basis=arrays["blend_basis"].float())
 

@@ -393,7 +393,8 @@ def _run_cache(run_dir: Path) -> str:
     try:
         return str(yaml.safe_load(config.read_text())["data"]["init_args"]["cache_dir"])
     except (OSError, KeyError, TypeError, yaml.YAMLError):
-        raise CacheError(f"{run_dir}: cannot tell which cache it trained on (no readable config.yaml); pass --cache")
+        raise CacheError(f"{run_dir}: cannot tell which cache it trained on (no readable config.yaml); "
+                         "pass --cache") from None
 
 
 def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,

@@ -1,10 +1,10 @@
 """Smooth, natural performances: speech-like jaw motion, blinks, emotions and rigid head motion.
 
-A performance is per-frame blend weights ``(N, K)`` in [0, 1] and a head pose ``(N, 6)`` (axis-angle in
-radians, translation in metres). Speech is phrases of syllables (about 4 per second) separated by pauses;
-each syllable opens the jaw and shapes the lips (rounded vowels pucker and funnel). Emotions (compound ones
-and single actions alone: one brow, a smirk, the jaw sideways, pursed lips, a squint), or a neutral face, are
-held for a few seconds and blend smoothly into the next; speech goes on over them. Blinks come at random, about every 4 seconds. The head turns
+A performance is per-frame blend weights ``(N, K)`` in [0, 1] and a head pose ``(N, 6)`` (axis-angle in radians,
+translation in metres). Speech is phrases of syllables (about 4 per second) separated by pauses; each syllable opens
+the jaw and shapes the lips (rounded vowels pucker and funnel). Emotions (compound ones and single actions alone:
+one brow, a smirk, the jaw sideways, pursed lips, a squint), or a neutral face, are held for a few seconds and blend
+smoothly into the next; speech goes on over them. Blinks come at random, about every 4 seconds. The head turns
 within +-25 degrees of yaw, nods and tilts a little, all as smooth random curves.
 """
 
