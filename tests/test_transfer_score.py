@@ -196,3 +196,10 @@ def test_score_transfer_refuses_bad_input(driving_clip: Path, tmp_path: Path,
         from avatar_lightning.transfer_score import score_videos
 
         score_videos(str(tmp_path / "nope.mp4"), str(driving_clip))
+
+
+def test_grid_scoring_names_missing_drivers(tmp_path: Path) -> None:
+    from avatar_lightning.transfer_grid import DrivingClips
+
+    with pytest.raises(CacheError, match="driving video.*not found.*nope.mp4"):
+        DrivingClips([tmp_path / "nope.mp4"], tmp_path / "work")

@@ -399,7 +399,7 @@ def _run_cache(run_dir: Path) -> str:
 
 def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,
                    work: Path) -> list[Path]:
-    """Score every run's transfer on ``drivers`` (:mod:`transfer_grid`); writes transfer.md, .json and .png."""
+    """Score every run's transfer on ``drivers`` (:mod:`transfer_grid`); writes transfer_grid.md, .json and .png."""
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.transfer_grid import markdown, score_grid, to_json
 
@@ -411,7 +411,7 @@ def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Pat
     for cache_dir, group in by_cache.items():
         results += score_grid(group, CaptureCache(cache_dir), drivers, work)
     table = markdown(results)
-    written = [out / "transfer.md", out / "transfer.json", out / "transfer_r.png"]
+    written = [out / "transfer_grid.md", out / "transfer_grid.json", out / "transfer_grid.png"]
     _write_text(written[0], table)
     _write_text(written[1], json.dumps(to_json(results), indent=1))
     plt = _pyplot()
@@ -443,7 +443,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                         help="comma-separated metrics for the table and plots (default: %(default)s)")
     parser.add_argument("--drivers", nargs="+", metavar="VIDEO",
-                        help="real driving videos: also score every run's transfer on them (transfer.md, .json, "
+                        help="real driving videos: also score every run's transfer on them (transfer_grid.md, .json, "
                              ".png; FaceMesh on the driver vs the run's decoded mesh)")
     parser.add_argument("--cache", help="with --drivers: the actor's cache the runs trained on (default: from each "
                                         "run's config.yaml)")

@@ -118,6 +118,30 @@ def _cross_identity_markdown(scores: dict[str, Any], identity: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _score_transfer(driving: Path, animation: Any, out: Path) -> Any:
+    """score-transfer of an ``animate`` result (the avatar half of its side-by-side video) against its driver."""
+    from avatar_lightning.transfer_score import score_videos, write_report
+
+    score, driver, avatar = score_videos(str(driving), animation.avatar_spec)
+    write_report(score, driver, avatar, out, title=f"{driving.name} -> the exported avatar")
+    return score
+
+
+def _transfer_markdown(scores: dict[str, Any]) -> str:
+    """One row per driving video: the full chain's transfer score (FaceMesh on the driver vs the avatar video)."""
+    from avatar_lightning.expression_measures import MEASURES
+
+    lines = ["The exported avatar's video against its driver (`score-transfer`: FaceMesh on both, Pearson per "
+             "measure after standardising each video's series; higher is better).", "",
+             "| driver | mean | " + " | ".join(MEASURES) + " | jitter ratio | frames with a face |",
+             "|---|---|" + "---|" * (len(MEASURES) + 2)]
+    for name, score in scores.items():
+        cells = ["n/a" if score.measures[m].pearson is None else f"{score.measures[m].pearson:.2f}" for m in MEASURES]
+        lines.append(f"| {name} | **{score.mean_pearson():.2f}** | " + " | ".join(cells)
+                     + f" | {score.jitter_ratio:.2f} | {score.face_fraction:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool) -> None:
     """The actor's cache: the synthetic one, or a real capture through ``prepare`` (reused when already made)."""
     if not capture:
@@ -136,7 +160,7 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
 
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
              identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
-             features: str = "mediapipe", relative: str = "sequence") -> Path:
+             features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = ()) -> Path:
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
     from avatar_lightning.avatar import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
@@ -193,7 +217,8 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     finally:
         torch.set_num_threads(threads)
     cells = [p for p in sorted((grid_runs / features).iterdir()) if (p / "scores.json").is_file()]
-    step("compare", lambda: compare_main([str(grid_runs), "--out", str(report)]))
+    drivers_args = ["--drivers", *map(str, drivers), "--cache", str(actor_dir), "--work", str(out / "drivers")]
+    step("compare", lambda: compare_main([str(grid_runs), "--out", str(report), *(drivers_args if drivers else [])]))
     best = min(cells, key=lambda p: json.loads((p / "scores.json").read_text())["metrics"]["latent_mse"])
     avatar_dir = out / "avatar"
     step("export", lambda: export_avatar(actor, avatar_dir, head_vae_ckpt, rerender_ckpt,
@@ -207,6 +232,16 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     animation = step("animate (side by side)", lambda: animate_video(
         video, avatar, report / "animation.mp4", work=out / "driving", with_driving=True))
     driving = CaptureCache(out / "driving" / "driving")
+    transfers = {video.name: step("transfer score (synthetic driver)", lambda: _score_transfer(
+        video, animation, report / "transfer"))}
+    for clip in drivers:
+        clip = Path(clip)
+        clip_video = report / f"drive_{clip.stem}.mp4"
+        driven = step(f"animate {clip.name}", lambda clip=clip, clip_video=clip_video: animate_video(
+            clip, avatar, clip_video, work=out / "drivers" / f"animate_{clip.stem}", with_driving=True))
+        transfers[clip.name] = step(f"transfer score ({clip.name})", lambda clip=clip, driven=driven: _score_transfer(
+            clip, driven, report / f"transfer_{clip.stem}"))
+    (report / "transfer.md").write_text(_transfer_markdown(transfers))
     scores = step("cross-identity scores", lambda: cross_identity_scores(
         cells, actor, driving, np.asarray(driver.read("truth/blend_weights")), vae, features))
     (report / "cross_identity.json").write_text(json.dumps(scores, indent=1))
@@ -229,6 +264,8 @@ def _write_readme(report: Path, timings: dict[str, float], total: float, animati
                   head_vae_minutes: float, rerender_minutes: float, animator_steps: int) -> None:
     table = (report / "scores.md").read_text() if (report / "scores.md").is_file() else ""
     cross = (report / "cross_identity.md").read_text()
+    transfer = (report / "transfer.md").read_text()
+    grid_transfer = (report / "transfer_grid.md").read_text() if (report / "transfer_grid.md").is_file() else ""
     lines = [
         "# avatar_lightning demo report", "",
         f"Actor: {actor}; shortened budgets: head VAE {head_vae_minutes:g} min, re-render U-Net "
@@ -238,6 +275,8 @@ def _write_readme(report: Path, timings: dict[str, float], total: float, animati
         f"Exported avatar: the best cell by held-out latent MSE, `{best.parent.name}/{best.name}`.", "",
         "## Held-out sequence (the actor's own test sequence)", "", table, "",
         "## Cross-identity", "", cross, "",
+        "## Transfer, measured on the videos", "", transfer, "",
+        *(["## Transfer of every grid cell on real drivers", "", grid_transfer, ""] if grid_transfer else []),
         "## Time per step", "", "| step | seconds |", "|---|---|",
         *[f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()],
         f"| **total** | **{total:.0f}** |", "",
@@ -261,11 +300,14 @@ def main(argv: Sequence[str]) -> int:
                         help="the animator grid's feature variant (default mediapipe)")
     parser.add_argument("--relative", default="sequence", choices=RELATIVE_CHOICES,
                         help="how features are made relative to the person's neutral (default sequence)")
+    parser.add_argument("--drivers", nargs="+", default=[], metavar="VIDEO",
+                        help="real driving videos: animate the exported avatar with each and score every grid cell's "
+                             "transfer on them (report: transfer.md, transfer_grid.md)")
     parser.add_argument("--capture", nargs="+", default=[], metavar="VIDEO",
                         help="a real actor's synchronised camera videos (PATH or PATH@x,y,w,h, as prepare takes) "
                              "instead of the synthetic actor; the driver stays synthetic (its truth gives the "
                              "cross-identity scores)")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity, args.overwrite, args.capture, args.features, args.relative)
+             args.identity, args.overwrite, args.capture, args.features, args.relative, args.drivers)
     return 0

@@ -43,8 +43,8 @@ EMOTIONS: dict[str, dict[str, float]] = {
     "squint": {"blink_left": 0.45, "blink_right": 0.45},
     "snarl": {"upper_lip_up": 0.8},
 }
-# Neutral is drawn this many times as often as any other emotion: a driver's face rests most of the time.
-NEUTRAL_ODDS = 4.0
+# Neutral comes this many times in each round of emotions: a driver's face rests much of the time.
+NEUTRAL_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class PerformanceStyle:
     """How much of each ingredient a sequence has."""
 
     speech: float = 0.7  # fraction of time spent speaking
-    emotion_seconds: tuple[float, float] = (2.0, 6.0)
+    emotion_seconds: tuple[float, float] = (1.5, 3.5)
     max_yaw_degrees: float = 25.0
     blink_interval_seconds: float = 4.0
 
@@ -102,13 +102,17 @@ def _speech(num_frames: int, fps: float, rng: np.random.Generator, amount: float
 
 
 def _emotions(num_frames: int, fps: float, rng: np.random.Generator, style: PerformanceStyle) -> np.ndarray:
-    names = list(EMOTIONS)
-    odds = np.array([NEUTRAL_ODDS if name == "neutral" else 1.0 for name in names])
+    # Emotions come in shuffled rounds, each holding every one once (and neutral NEUTRAL_COPIES times), so a
+    # sequence of a minute covers them all instead of drawing some over and over and others never.
+    names = [*EMOTIONS, *["neutral"] * (NEUTRAL_COPIES - 1)]
+    order: list[str] = []
     keys, targets = [0.0], [np.zeros(len(BLEND_SHAPE_NAMES))]
     end = num_frames / fps
     while keys[-1] < end:
         keys.append(keys[-1] + rng.uniform(*style.emotion_seconds))
-        emotion = EMOTIONS[names[rng.choice(len(names), p=odds / odds.sum())]]
+        if not order:
+            order = [names[i] for i in rng.permutation(len(names))]
+        emotion = EMOTIONS[order.pop()]
         target = np.zeros(len(BLEND_SHAPE_NAMES))
         for name, value in emotion.items():
             target[K[name]] = value * rng.uniform(0.6, 1.1)
