@@ -76,7 +76,8 @@ def main() -> int:
             _fit(["--config", str(EXPERIMENTS / f"{cell}.yaml"), f"--data.init_args.cache_dir={actor}",
                   f"--trainer.default_root_dir={runs}", f"--trainer.logger.init_args.save_dir={runs}",
                   f"--trainer.max_steps={args.steps}", "--trainer.val_check_interval=500",
-                  f"--model.init_args.lr_decay_every={max(args.steps // 30, 1)}", "--trainer.enable_progress_bar=false"])
+                  f"--model.init_args.lr_decay_every={max(args.steps // 30, 1)}",
+                  "--trainer.enable_progress_bar=false"])
         torch.set_num_threads(2)
         report = folder / "report"
         compare_main([str(runs), "--out", str(report), "--drivers", *clips, "--cache", str(actor),
