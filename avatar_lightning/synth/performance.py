@@ -1,10 +1,9 @@
 """Smooth, natural performances: speech-like jaw motion, blinks, emotions and rigid head motion.
 
-A performance is per-frame blend weights ``(N, K)`` in [0, 1] and a head pose ``(N, 6)`` (axis-angle in radians,
-translation in metres). Speech is phrases of syllables (about 4 per second) separated by pauses; each syllable opens
-the jaw and shapes the lips (rounded vowels pucker and funnel). Emotions (compound ones and single actions alone:
-one brow, a smirk, the jaw sideways, pursed lips, a squint), or a neutral face, are held for a few seconds and blend
-smoothly into the next; speech goes on over them. Blinks come at random, about every 4 seconds. The head turns
+A performance is per-frame blend weights ``(N, K)`` in [0, 1] and a head pose ``(N, 6)`` (axis-angle in
+radians, translation in metres). Speech is phrases of syllables (about 4 per second) separated by pauses;
+each syllable opens the jaw and shapes the lips (rounded vowels pucker and funnel). Emotions are held for a
+few seconds and blend smoothly into the next. Blinks come at random, about every 4 seconds. The head turns
 within +-25 degrees of yaw, nods and tilts a little, all as smooth random curves.
 """
 
@@ -27,24 +26,7 @@ EMOTIONS: dict[str, dict[str, float]] = {
     "angry": {"brow_down": 0.9, "frown_left": 0.4, "frown_right": 0.4, "upper_lip_up": 0.3},
     "sceptical": {"brow_up_left": 0.8, "brow_down": 0.3, "smile_right": 0.3, "jaw_left": 0.3},
     "puffed": {"cheek_puff": 0.9, "pucker": 0.4},
-    # Single actions held alone, so the actor's performance spans what drivers do one at a time (issue 16):
-    # before these, every brow raise came with a smile or a frown and the jaw never moved to the right.
-    "brows_up": {"brow_up_left": 0.9, "brow_up_right": 0.9},
-    "brow_up_left": {"brow_up_left": 0.9},
-    "brow_up_right": {"brow_up_right": 0.9},
-    "brows_down": {"brow_down": 0.9},
-    "smirk_left": {"smile_left": 0.8},
-    "smirk_right": {"smile_right": 0.8},
-    "frown": {"frown_left": 0.8, "frown_right": 0.8},
-    "pursed": {"pucker": 0.9},
-    "funnel": {"funnel": 0.8},
-    "jaw_left": {"jaw_left": 0.8},
-    "jaw_right": {"jaw_right": 0.8},
-    "squint": {"blink_left": 0.45, "blink_right": 0.45},
-    "snarl": {"upper_lip_up": 0.8},
 }
-# Neutral comes this many times in each round of emotions: a driver's face rests much of the time.
-NEUTRAL_COPIES = 3
 
 
 @dataclass(frozen=True)
@@ -52,7 +34,7 @@ class PerformanceStyle:
     """How much of each ingredient a sequence has."""
 
     speech: float = 0.7  # fraction of time spent speaking
-    emotion_seconds: tuple[float, float] = (1.5, 3.5)
+    emotion_seconds: tuple[float, float] = (2.0, 6.0)
     max_yaw_degrees: float = 25.0
     blink_interval_seconds: float = 4.0
 
@@ -102,17 +84,12 @@ def _speech(num_frames: int, fps: float, rng: np.random.Generator, amount: float
 
 
 def _emotions(num_frames: int, fps: float, rng: np.random.Generator, style: PerformanceStyle) -> np.ndarray:
-    # Emotions come in shuffled rounds, each holding every one once (and neutral NEUTRAL_COPIES times), so a
-    # sequence of a minute covers them all instead of drawing some over and over and others never.
-    names = [*EMOTIONS, *["neutral"] * (NEUTRAL_COPIES - 1)]
-    order: list[str] = []
+    names = list(EMOTIONS)
     keys, targets = [0.0], [np.zeros(len(BLEND_SHAPE_NAMES))]
     end = num_frames / fps
     while keys[-1] < end:
         keys.append(keys[-1] + rng.uniform(*style.emotion_seconds))
-        if not order:
-            order = [names[i] for i in rng.permutation(len(names))]
-        emotion = EMOTIONS[order.pop()]
+        emotion = EMOTIONS[names[rng.integers(len(names))]]
         target = np.zeros(len(BLEND_SHAPE_NAMES))
         for name, value in emotion.items():
             target[K[name]] = value * rng.uniform(0.6, 1.1)
