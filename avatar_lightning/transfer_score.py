@@ -212,11 +212,20 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
 def score_videos(driving: str, avatar: str, progress: Progress | None = None
                  ) -> tuple[TransferScore, np.ndarray, np.ndarray]:
     """Track both videos and score them; also returns both measure series (for the plot)."""
+    from avatar_lightning.capture.sources import CameraSource
+    from avatar_lightning.video import probe_video
+
+    rates = {}
+    for spec in (driving, avatar):  # refuse a mismatch before minutes of tracking
+        path = CameraSource.parse(spec).path
+        if not path.is_file():
+            raise CacheError(f"{path}: no such video file")
+        rates[spec] = probe_video(path).fps
+    if abs(rates[driving] - rates[avatar]) > 1e-3 * rates[driving]:
+        raise CacheError(f"{driving} runs at {rates[driving]:g} fps but {avatar} at {rates[avatar]:g}; "
+                         "frames are paired by index, so both must have one frame rate")
     tracked_driver = track_video(driving, progress)
     tracked_avatar = track_video(avatar, progress)
-    if abs(tracked_driver.fps - tracked_avatar.fps) > 1e-3 * tracked_driver.fps:
-        raise CacheError(f"{driving} runs at {tracked_driver.fps:g} fps but {avatar} at {tracked_avatar.fps:g}; "
-                         "frames are paired by index, so both must have one frame rate")
     if not tracked_driver.valid.any():
         raise CacheError(f"{driving}: FaceMesh found no face in any of its {len(tracked_driver.valid)} frames")
     d, a = tracked_driver.measures, tracked_avatar.measures

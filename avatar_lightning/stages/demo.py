@@ -1,12 +1,13 @@
 """``python -m avatar_lightning demo``: the whole chain on the built-in synthetic actor, in minutes on a CPU.
 
-synth actor -> features (``--features``, default mediapipe, made ``--relative``) -> head VAE (time budget) ->
-encode -> render-mesh -> re-render U-Net (time budget) -> the animator grid over those features (3 backbones x
-residual on/off, a shortened schedule) -> compare (with ``--drivers``: every cell's transfer on real videos) ->
-export the best cell's avatar -> synth another identity's driving video -> animate it (side by side) ->
-cross-identity scores and the transfer score of the video (and of each ``--drivers`` video, animated too). Every step runs the same code as its own command (Lightning fits go through the CLI
-with the experiment files); the shortened budgets are the only demo-specific settings and are printed in the
-report. A report folder collects the tables, plots, image grids, the video and the step timings.
+synth actor -> features (``--features``, default mediapipe, made ``--relative``) -> head VAE (time budget) -> encode
+-> render-mesh -> re-render U-Net (time budget) -> the animator grid over those features (3 backbones x residual
+on/off, a shortened schedule) -> compare (with ``--drivers``: every cell's transfer on real videos) -> export the
+best cell's avatar -> synth another identity's driving video -> animate it (side by side) -> cross-identity scores
+and the transfer score of the video (and of each ``--drivers`` video, animated too). Every step runs the same code
+as its own command (Lightning fits go through the CLI with the experiment files); the shortened budgets are the only
+demo-specific settings and are printed in the report. A report folder collects the tables, plots, image grids, the
+video and the step timings.
 """
 
 from __future__ import annotations
