@@ -16,6 +16,7 @@ from avatar_lightning.features.extract import (
     covering_spans,
     fill_and_normalise,
     interpolate_invalid,
+    normalise_running,
     subtract_running_mean,
 )
 from avatar_lightning.stages.features import extract_features
@@ -128,6 +129,27 @@ def test_running_mean_is_causal_after_its_warm_up(monkeypatch: pytest.MonkeyPatc
     no_face = np.ones((4, 2), np.float32)
     subtract_running_mean(no_face, np.zeros(4, bool), 0, 3, 2)
     assert (no_face == 1).all()
+
+
+def test_running_zscore_divides_by_each_frames_own_spread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import avatar_lightning.features.extract as extract
+
+    monkeypatch.setattr(extract, "CHUNK_ROWS", 5)
+    rng = np.random.default_rng(1)
+    values = (rng.normal(size=(30, 4)) * np.array([1.0, 10.0, 0.1, 1e-6])).astype(np.float32)
+    valid = rng.random(30) > 0.2
+    result = values.copy()
+    normalise_running(result, valid, 0, 29, warmup=6)
+    index = np.flatnonzero(valid)
+    for t in range(30):
+        seen = index[index <= t]
+        used = values[seen if len(seen) >= 6 else index[:6]].astype(np.float64)
+        std = used.std(0)
+        std = np.maximum(std, 0.05 * np.median(std))  # the floor keeps the near-constant column from blowing up
+        np.testing.assert_allclose(result[t], (values[t] - used.mean(0)) / std, rtol=1e-4, atol=1e-5)
+    late = result[index[10] :][valid[index[10] :]]
+    assert np.abs(late[:, 3]).max() < 1e-3  # the column that barely moves stays near zero
+    assert 0.3 < late[:, :3].std() < 3  # the moving columns come out on one scale, whatever their units
 
 
 def test_predict_resets_at_every_sequence(tiny_cache: CaptureCache, recorder: type[Recorder]) -> None:

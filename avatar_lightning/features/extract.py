@@ -13,8 +13,10 @@ they are committed (:func:`fill_and_normalise`, the writer's ``finalize``):
   (the whole capture is one person, so this removes the person's mean face shape; per sequence also removes
   a sequence's mean expression); or, causally (``running``), each frame's own estimate of the person's
   neutral: the mean of the sequence's valid frames up to that frame, but never of fewer than its first
-  ``warmup`` valid frames (:func:`subtract_running_mean`). ``sequence`` needs the whole video before the first
-  frame; ``running`` looks at most ``warmup`` frames ahead (2 s), so a live driver can use it.
+  ``warmup`` valid frames (:func:`subtract_running_mean`; ``running_zscore`` also divides by the running
+  spread, so a person who moves less or more than the actor is mapped onto one range). ``sequence`` needs the
+  whole video before the first frame; ``running`` looks at most ``warmup`` frames ahead (2 s), so a live driver
+  can use it.
 
 Memory stays flat in the capture's length: both passes work in chunks of rows.
 """
@@ -31,8 +33,8 @@ from torch import Tensor
 
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
-Relative = Literal["none", "sequence", "capture", "running"]
-RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running")
+Relative = Literal["none", "sequence", "capture", "running", "running_zscore"]
+RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running", "running_zscore")
 CHUNK_ROWS = 4096
 RUNNING_WARMUP_SECONDS = 2.0  # ``running``: the neutral estimate never rests on fewer valid frames than this
 
@@ -142,13 +144,26 @@ def subtract_running_mean(values: np.ndarray, valid: np.ndarray, first: int, las
     frames are never counted. Memory stays flat: rows are read in chunks, each chunk's sums taken before it is
     changed.
     """
+    normalise_running(values, valid, first, last, warmup, scale=False)
+
+
+def normalise_running(values: np.ndarray, valid: np.ndarray, first: int, last: int, warmup: int,
+                      scale: bool = True) -> None:
+    """:func:`subtract_running_mean`, and with ``scale`` also divide by the running standard deviation per column.
+
+    Why scale: another person's (or a rendered face's) features can move over a range several times smaller or
+    larger than the actor's; dividing by each person's own spread maps both onto one range. A column's spread is
+    floored at ``STD_FLOOR`` times the median spread of all columns, so a column that barely moves (noise) is not
+    blown up to unit variance.
+    """
     warmup = max(int(warmup), 1)
     index = np.flatnonzero(valid[first : last + 1]) + first
     if not len(index):
         return
-    head = index[:warmup]
-    warm_mean = values[head].astype(np.float64).mean(0)
+    head = values[index[:warmup]].astype(np.float64)
+    warm_mean, warm_std = head.mean(0), _floored(head.std(0))
     total = np.zeros(values.shape[1], dtype=np.float64)
+    total_sq = np.zeros(values.shape[1], dtype=np.float64)
     count = 0
     for start in range(first, last + 1, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, last + 1)
@@ -156,9 +171,27 @@ def subtract_running_mean(values: np.ndarray, valid: np.ndarray, first: int, las
         mask = valid[start:stop].astype(bool)
         counts = count + np.cumsum(mask)
         sums = total + np.cumsum(rows * mask[:, None], axis=0)
-        means = np.where((counts >= warmup)[:, None], sums / np.maximum(counts, 1)[:, None], warm_mean)
+        warm = (counts < warmup)[:, None]
+        n = np.maximum(counts, 1)[:, None]
+        means = np.where(warm, warm_mean, sums / n)
+        if scale:
+            sums_sq = total_sq + np.cumsum(rows**2 * mask[:, None], axis=0)
+            spread = _floored(np.sqrt(np.maximum(sums_sq / n - (sums / n) ** 2, 0.0)))
+            rows = (rows - means) / np.where(warm, warm_std, spread)
+            total_sq = sums_sq[-1]
+        else:
+            rows = rows - means
         total, count = sums[-1], int(counts[-1])
-        values[start:stop] = (rows - means).astype(values.dtype)
+        values[start:stop] = rows.astype(values.dtype)
+
+
+STD_FLOOR = 0.05
+
+
+def _floored(std: np.ndarray) -> np.ndarray:
+    """Per-column spreads ``(..., D)`` floored at STD_FLOOR x their median over the columns (and above zero)."""
+    floor = STD_FLOOR * np.median(std, axis=-1, keepdims=True)
+    return np.maximum(std, np.maximum(floor, 1e-12))
 
 
 def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
@@ -170,7 +203,8 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
         outputs: the extractor's output names.
         spans: (first, last) frames of every sequence; interpolation never crosses them.
         relative: ``none``, ``sequence`` (subtract each sequence's mean), ``capture`` (one mean over all) or
-            ``running`` (each frame's causal estimate, per sequence, :func:`subtract_running_mean`).
+            ``running`` (each frame's causal estimate, per sequence, :func:`subtract_running_mean`) or
+            ``running_zscore`` (also divided by the running spread, :func:`normalise_running`).
         warmup: ``running``: valid frames the first estimate averages (the features stage passes 2 s of frames).
     """
     if relative not in RELATIVE_CHOICES:
@@ -190,8 +224,8 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
             means.append(sum(m * n for m, n in parts) / count if count else None)
         for first, last in spans:
             interpolate_invalid(values, valid, first, last)
-            if relative == "running":
-                subtract_running_mean(values, valid, first, last, warmup)
+            if relative in ("running", "running_zscore"):
+                normalise_running(values, valid, first, last, warmup, scale=relative == "running_zscore")
         for group, mean in zip(groups, means, strict=True):
             if mean is None:
                 continue
