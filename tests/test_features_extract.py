@@ -18,6 +18,7 @@ from avatar_lightning.features.extract import (
     interpolate_invalid,
     normalise_running,
     subtract_running_mean,
+    subtract_warmup_mean,
 )
 from avatar_lightning.stages.features import extract_features
 from datamodules import ContiguousSampler
@@ -150,6 +151,19 @@ def test_running_zscore_divides_by_each_frames_own_spread(monkeypatch: pytest.Mo
     late = result[index[10] :][valid[index[10] :]]
     assert np.abs(late[:, 3]).max() < 1e-3  # the column that barely moves stays near zero
     assert 0.3 < late[:, :3].std() < 3  # the moving columns come out on one scale, whatever their units
+
+
+def test_warmup_mean_is_the_first_valid_frames_held() -> None:
+    values = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    valid = np.ones(20, bool)
+    valid[[5, 6]] = False
+    result = values.copy()
+    subtract_warmup_mean(result, valid, 4, 15, warmup=3)
+    np.testing.assert_allclose(result[4:16], values[4:16] - np.mean([4, 7, 8]))  # rows 5, 6 are not counted
+    np.testing.assert_array_equal(result[:4], values[:4])
+    arrays = {"features/x": values.copy(), "features/x.valid": valid}
+    fill_and_normalise(arrays, ["x"], [(0, 9), (10, 19)], relative="warmup", warmup=2)
+    np.testing.assert_allclose(arrays["features/x"][10:], values[10:] - 10.5)
 
 
 def test_predict_resets_at_every_sequence(tiny_cache: CaptureCache, recorder: type[Recorder]) -> None:

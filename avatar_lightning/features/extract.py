@@ -16,7 +16,7 @@ they are committed (:func:`fill_and_normalise`, the writer's ``finalize``):
   ``warmup`` valid frames (:func:`subtract_running_mean`; ``running_zscore`` also divides by the running
   spread, so a person who moves less or more than the actor is mapped onto one range). ``sequence`` needs the
   whole video before the first frame; ``running`` looks at most ``warmup`` frames ahead (2 s), so a live driver
-  can use it.
+  can use it; ``warmup`` takes the neutral from the first 2 s only and holds it (a calibration).
 
 Memory stays flat in the capture's length: both passes work in chunks of rows.
 """
@@ -33,8 +33,8 @@ from torch import Tensor
 
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
-Relative = Literal["none", "sequence", "capture", "running", "running_zscore"]
-RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running", "running_zscore")
+Relative = Literal["none", "sequence", "capture", "running", "running_zscore", "warmup"]
+RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running", "running_zscore", "warmup")
 CHUNK_ROWS = 4096
 RUNNING_WARMUP_SECONDS = 2.0  # ``running``: the neutral estimate never rests on fewer valid frames than this
 
@@ -185,6 +185,21 @@ def normalise_running(values: np.ndarray, valid: np.ndarray, first: int, last: i
         values[start:stop] = rows.astype(values.dtype)
 
 
+def subtract_warmup_mean(values: np.ndarray, valid: np.ndarray, first: int, last: int, warmup: int) -> None:
+    """Subtract from rows ``first..last`` (in place) the mean of the span's first ``warmup`` valid rows.
+
+    A calibration: the person's neutral is taken from the first seconds (a live user looks neutral for them)
+    and then held, so an expression held later is never averaged into it (as it is by ``running``).
+    """
+    index = np.flatnonzero(valid[first : last + 1]) + first
+    if not len(index):
+        return
+    mean = values[index[: max(int(warmup), 1)]].astype(np.float64).mean(0)
+    for start in range(first, last + 1, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, last + 1)
+        values[start:stop] = (values[start:stop].astype(np.float64) - mean).astype(values.dtype)
+
+
 STD_FLOOR = 0.05
 
 
@@ -204,7 +219,8 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
         spans: (first, last) frames of every sequence; interpolation never crosses them.
         relative: ``none``, ``sequence`` (subtract each sequence's mean), ``capture`` (one mean over all) or
             ``running`` (each frame's causal estimate, per sequence, :func:`subtract_running_mean`) or
-            ``running_zscore`` (also divided by the running spread, :func:`normalise_running`).
+            ``running_zscore`` (also divided by the running spread, :func:`normalise_running`) or ``warmup``
+            (the mean of each sequence's first ``warmup`` valid frames, then held, :func:`subtract_warmup_mean`).
         warmup: ``running``: valid frames the first estimate averages (the features stage passes 2 s of frames).
     """
     if relative not in RELATIVE_CHOICES:
@@ -224,7 +240,9 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
             means.append(sum(m * n for m, n in parts) / count if count else None)
         for first, last in spans:
             interpolate_invalid(values, valid, first, last)
-            if relative in ("running", "running_zscore"):
+            if relative == "warmup":
+                subtract_warmup_mean(values, valid, first, last, warmup)
+            elif relative in ("running", "running_zscore"):
                 normalise_running(values, valid, first, last, warmup, scale=relative == "running_zscore")
         for group, mean in zip(groups, means, strict=True):
             if mean is None:

@@ -98,7 +98,7 @@ def extract_features(
             "layout": output.layout,
             "relative": relative,
             **({"running_warmup_frames": max(1, round(RUNNING_WARMUP_SECONDS * fps))}
-               if relative.startswith("running") else {}),
+               if relative.startswith("running") or relative == "warmup" else {}),
             "frames_without_face": int((~np.asarray(valid)).sum()),
             "frames_without_face_per_span": {k: v for k, v in missing.items() if v},
             "missing_filled_by": "linear interpolation between the nearest valid frames of the same sequence",
