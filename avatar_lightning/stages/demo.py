@@ -27,7 +27,8 @@ from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array, valid_array
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-FEATURE_CHOICES = ("mediapipe", "mediapipe_blendshapes")  # offline everywhere; DECA needs the user's weights
+# Offline everywhere; DECA needs the user's weights.
+FEATURE_CHOICES = ("mediapipe", "mediapipe_blendshapes", "tracked_blend")
 
 
 def grid(features: str) -> list[str]:

@@ -13,11 +13,12 @@ import argparse
 import warnings
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache import CaptureCache
+from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.features.base import available_extractors
 from avatar_lightning.features.extract import (
     RELATIVE_CHOICES,
@@ -30,6 +31,43 @@ from avatar_lightning.features.extract import (
 )
 
 STAGE = "features"
+TRACKED_BLEND = "tracked_blend"  # a sequence-level fit, not a per-frame extractor (features/tracked_blend.py)
+
+
+def extract_tracked_blend(cache_dir: str | Path, camera: str | None = None, relative: str = "none"
+                          ) -> dict[str, Any]:
+    """``features/tracked_blend``: the sequence-level fit of :mod:`features.tracked_blend` (one process)."""
+    from avatar_lightning.features.tracked_blend import NAME, fit_blend_weights, track_landmarks
+    from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
+
+    cache = CaptureCache(cache_dir)
+    record = cache.cameras[0] if camera is None else next((c for c in cache.cameras if c.name == camera), None)
+    if record is None:
+        raise CacheError(f"{cache.root}: no camera {camera!r}; the cache has {[c.name for c in cache.cameras]}")
+    frames = cache.array(f"cameras/{record.name}/frames")
+    spans = covering_spans([(s.first, s.last) for s in cache.sequences], cache.num_frames)
+    landmarks, valid = track_landmarks(frames, [a for a, _ in spans])
+    if not valid.any():
+        raise CacheError(f"{cache.root}: FaceMesh found no face in any of the {len(valid)} frames of camera "
+                         f"{record.name!r}; no blend weights can be fitted")
+    weights, report = fit_blend_weights(landmarks, valid, record.width, record.height)
+    arrays = {feature_array(NAME): weights, valid_array(NAME): valid}
+    fill_and_normalise(arrays, [NAME], spans, relative=relative,
+                       warmup=max(1, round(RUNNING_WARMUP_SECONDS * cache.fps)))
+    cache.write_array(feature_array(NAME), arrays[feature_array(NAME)], stage=STAGE, per_frame=True)
+    cache.write_array(valid_array(NAME), valid, stage=STAGE, per_frame=True)
+    summary = {NAME: {
+        "extractor": NAME, "camera": record.name, "source": f"cameras/{record.name}/frames {list(frames.shape)}",
+        "dim": len(BLEND_SHAPE_NAMES), "layout": f"17 blend weights fitted to the person's own template: "
+                                                  f"{', '.join(BLEND_SHAPE_NAMES)}",
+        "relative": relative, "fit": report, "frames_without_face": int((~valid).sum()),
+        "missing_filled_by": "the tracker's interpolation between fitted frames",
+    }}
+    cache.reload()
+    recorded = dict(cache.manifest.meta.get("features", {}))
+    recorded.update(summary)
+    cache.set_meta(features=recorded)
+    return summary
 
 
 def extract_features(
@@ -52,6 +90,8 @@ def extract_features(
     The extractor is built (and DECA's checkpoint checked) before any Lightning machinery starts.
     ``accelerator`` defaults to ``cpu`` for extractors that do not use one (MediaPipe), else ``auto``.
     """
+    if extractor == TRACKED_BLEND:
+        return extract_tracked_blend(cache_dir, camera=camera, relative=relative)
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import RichProgressBar
 
@@ -133,7 +173,7 @@ def main(argv: Sequence[str]) -> int:
                     "(features/<name>.npy and features/<name>.valid.npy) through Lightning predict.",
     )
     parser.add_argument("--cache", required=True, help="capture cache folder (from synth or ingest)")
-    parser.add_argument("--extractor", required=True, choices=available_extractors(),
+    parser.add_argument("--extractor", required=True, choices=[*available_extractors(), TRACKED_BLEND],
                         help="mediapipe: FaceMesh landmarks, offline (features/mediapipe, 1434-d); deca: DECA's "
                              "encoder (features/deca_resnet 2048-d and features/deca_expression 53-d), needs "
                              "deca_model.tar; mediapipe_blendshapes: MediaPipe's 52 blendshape scores, offline "
