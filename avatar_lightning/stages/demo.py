@@ -301,8 +301,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic captures made with other settings")
     parser.add_argument("--features", default="mediapipe", choices=FEATURE_CHOICES,
                         help="the animator grid's feature variant (default mediapipe)")
-    parser.add_argument("--relative", default="sequence", choices=RELATIVE_CHOICES,
-                        help="how features are made relative to the person's neutral (default sequence)")
+    parser.add_argument("--relative", choices=RELATIVE_CHOICES,
+                        help="how features are made relative to the person's neutral (default: sequence for "
+                             "mediapipe landmarks, none for the others, which are relative to a neutral already)")
     parser.add_argument("--drivers", nargs="+", default=[], metavar="VIDEO",
                         help="real driving videos: animate the exported avatar with each and score every grid cell's "
                              "transfer on them (report: transfer.md, transfer_grid.md)")
@@ -312,5 +313,6 @@ def main(argv: Sequence[str]) -> int:
                              "cross-identity scores)")
     args = parser.parse_args(argv)
     run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity, args.overwrite, args.capture, args.features, args.relative, args.drivers)
+             args.identity, args.overwrite, args.capture, args.features,
+             args.relative or ("sequence" if args.features == "mediapipe" else "none"), args.drivers)
     return 0
