@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--clips", nargs="*", help="driving videos (default: every mp4 in ../shared/data/driving)")
     parser.add_argument("--work", default="/tmp/avatar_lightning_transfer", help="cached driving caches, videos")
     parser.add_argument("--geometry-only", action="store_true", help="skip rendering and the video score")
+    parser.add_argument("--expression", default="animator", choices=("animator", "retarget"),
+                        help="animate's --expression (retarget: the driver's own tracked_blend weights shape the mesh)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -84,7 +86,7 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     drivers = {clip: track_video(str(clip)) for clip in clips}
-    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
+    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "expression": args.expression,
                                "threads": torch.get_num_threads(), "avatars": {}}
     for avatar_dir in args.avatar:
         avatar = load_avatar(avatar_dir)
@@ -93,12 +95,23 @@ def main() -> int:
             cache_dir = driving_cache(clip, work, avatar)
             driver = drivers[clip].measures
             row: dict[str, Any] = {}
-            geometry = score_measures(driver, geometry_measures(avatar, cache_dir), drivers[clip].fps)
+            if args.expression == "retarget":
+                from avatar_lightning.features.extract import feature_array
+                from avatar_lightning.stages.features import extract_features
+                from avatar_lightning.transfer_score import mesh_measures
+
+                if not CaptureCache(cache_dir).has(feature_array("tracked_blend")):
+                    extract_features(cache_dir, "tracked_blend", progress=False)
+                weights = CaptureCache(cache_dir).read(feature_array("tracked_blend"))
+                mesh = mesh_measures(avatar.mesh, weights)
+            else:
+                mesh = geometry_measures(avatar, cache_dir)
+            geometry = score_measures(driver, mesh, drivers[clip].fps)
             row["geometry"] = geometry.to_json()
             if not args.geometry_only:
-                video = work / f"{Path(avatar_dir).name}.{clip.stem}.mp4"
+                video = work / f"{Path(avatar_dir).parent.name}.{args.expression}.{clip.stem}.mp4"
                 start = time.perf_counter()
-                animate_cache(avatar, CaptureCache(cache_dir), video)
+                animate_cache(avatar, CaptureCache(cache_dir), video, expression=args.expression)
                 seconds = time.perf_counter() - start
                 tracked = track_video(str(video))
                 score = score_measures(driver, tracked.measures, drivers[clip].fps)

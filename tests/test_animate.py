@@ -181,3 +181,25 @@ def test_driving_features_of_another_size_are_refused(avatar_dir: Path, tmp_path
     with pytest.raises(CacheError, match="10 values per frame but the avatar's animator was trained on 1434"):
         animate_cache(load_avatar(avatar_dir), CaptureCache(cache.root), tmp_path / "x.mp4")
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_retarget_shapes_the_mesh_with_the_drivers_own_weights(avatar_dir: Path, driving_video: Path,
+                                                                tmp_path: Path) -> None:
+    from avatar_lightning.stages.animate import animate_cache
+
+    out = tmp_path / "retarget.mp4"
+    code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
+                     "--expression", "retarget", "--work", str(tmp_path / "work"), "--no-progress"])
+    assert code == 0 and count_frames(out) == 30
+    driving = CaptureCache(tmp_path / "work" / "driving")
+    assert driving.read("features/tracked_blend").shape == (30, 17)
+    avatar = load_avatar(avatar_dir)
+    renderer = AvatarRenderer(avatar)
+    z = torch.zeros(2, LATENT_DIM)
+    open_jaw = torch.zeros(2, 17)
+    open_jaw[:, 0] = 1.0  # jaw_open
+    assert not np.array_equal(renderer.render(z, [0, 1]), renderer.render(z, [0, 1], blend_weights=open_jaw))
+    animate_video(driving_video, avatar, tmp_path / "plain.mp4", work=tmp_path / "plain", show_progress=False)
+    plain = CaptureCache(tmp_path / "plain" / "driving")  # the animator's features only
+    with pytest.raises(CacheError, match="no features/tracked_blend for --expression retarget"):
+        animate_cache(avatar, plain, tmp_path / "x.mp4", expression="retarget")

@@ -39,6 +39,8 @@ from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, ren
 from avatar_lightning.video import VideoWriter
 
 PoseSource = Literal["fixed", "driving"]
+Expression = Literal["animator", "retarget"]
+TRACKED_BLEND = "tracked_blend"
 ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
 ORBIT_SECONDS = 4.0  # one swing left and back
 
@@ -113,9 +115,12 @@ class AvatarRenderer:
         return torch.from_numpy(np.concatenate([rotvec, translation], axis=1)).float().to(self.device)
 
     @torch.no_grad()
-    def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None) -> np.ndarray:
+    def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
+               blend_weights: Tensor | None = None) -> np.ndarray:
         """Composited frames of latents ``z``; ``rotations`` (the driving head's, ``(B, 3, 3)``) or the fixed pose."""
         texture, blend = self.avatar.head_vae.decode(z.to(self.device))
+        if blend_weights is not None:  # --expression retarget: the driver's own weights shape the mesh
+            blend = blend_weights.to(self.device, blend.dtype)
         pose = self.pose.expand(len(z), 6) if rotations is None else self.driven_pose(rotations)
         vertices = self.avatar.mesh.deform(blend, pose)
         cameras = (orbit_cameras(self.record, pose[0, 3:].cpu(), frames, self.fps).to(self.device)
@@ -154,12 +159,19 @@ def side_by_side(driving: np.ndarray, rendered: np.ndarray) -> np.ndarray:
 
 def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera: str | None = None,
                   orbit: bool = False, with_driving: bool = False, background: np.ndarray | None = None,
-                  chunk: int = 16, progress: Progress | None = None, pose: PoseSource = "fixed") -> AnimationReport:
+                  chunk: int = 16, progress: Progress | None = None, pose: PoseSource = "fixed",
+                  expression: Expression = "animator") -> AnimationReport:
     """Render the avatar performing the driving cache's frames (features already extracted) into ``out``.
 
     ``pose``: ``fixed`` holds the actor's average head pose; ``driving`` follows the driving head's rotation
     relative to its first frame with a face (FaceMesh's rigid landmarks, tracked frame by frame).
+    ``expression``: ``animator`` (the paper: the decoded latent gives blend weights and texture) or
+    ``retarget`` (a departure: the mesh takes the driver's own fitted blend weights, ``features/tracked_blend``,
+    and the texture still comes from the animator's latent; on real drivers the geometry then follows the driver
+    at mean r 0.70 against 0.54-0.61 for the learned cells, see ``benchmarks/transfer_retarget.py``).
     """
+    if expression not in ("animator", "retarget"):
+        raise ValueError(f"expression must be 'animator' or 'retarget', got {expression!r}")
     if pose not in ("fixed", "driving"):
         raise ValueError(f"pose must be 'fixed' or 'driving', got {pose!r}")
     name = avatar.features
@@ -176,6 +188,15 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     if not valid.any():
         raise CacheError(f"{driving.root}: no face was found in any of the {len(valid)} driving frames")
     frames = driving.array(frames_array(driving)) if with_driving or pose == "driving" else None
+    retarget = None
+    if expression == "retarget":
+        if not driving.has(feature_array(TRACKED_BLEND)):
+            raise CacheError(f"{driving.root}: no {feature_array(TRACKED_BLEND)} for --expression retarget: "
+                             f"`python -m avatar_lightning features --cache {driving.root} --extractor tracked_blend`")
+        retarget = driving.array(feature_array(TRACKED_BLEND))
+        if retarget.shape[1] != avatar.mesh.num_blend_shapes:
+            raise CacheError(f"{driving.root}: {retarget.shape[1]} tracked blend weights but the avatar's head has "
+                             f"{avatar.mesh.num_blend_shapes} blend shapes")
     head = HeadRotationTracker() if pose == "driving" else None
     renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps)
     n = len(features)
@@ -187,7 +208,9 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
             index = list(range(first, first + len(z)))
             source = np.asarray(frames[first : first + len(z)]) if frames is not None else None
             rotations = head(source) if head is not None else None
-            image = renderer.render(z, index, rotations)
+            blend = (torch.from_numpy(np.asarray(retarget[first : first + len(z)], np.float32))
+                     if retarget is not None else None)
+            image = renderer.render(z, index, rotations, blend)
             if with_driving:
                 width, height = image.shape[2], image.shape[1]
                 image = side_by_side(source, image)
@@ -202,7 +225,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
 def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str | Path | None = None,
                   camera: str | None = None, orbit: bool = False, with_driving: bool = False,
                   background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True,
-                  pose: PoseSource = "fixed") -> AnimationReport:
+                  pose: PoseSource = "fixed", expression: Expression = "animator") -> AnimationReport:
     """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``."""
     from avatar_lightning.stages.features import extract_features
     from avatar_lightning.stages.ingest import ingest_video
@@ -215,11 +238,13 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
         if not CaptureCache(cache_dir).has(feature_array(avatar.features)):
             # Lightning's own progress bar runs here: one live display at a time, so ours starts after.
             extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
+        if expression == "retarget" and not CaptureCache(cache_dir).has(feature_array(TRACKED_BLEND)):
+            extract_features(cache_dir, TRACKED_BLEND, progress=show_progress)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[rate]}"))
         with Progress(*columns, disable=not show_progress) as progress:
             return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
-                                 chunk, progress, pose)
+                                 chunk, progress, pose, expression)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -237,6 +262,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--pose", default="fixed", choices=("fixed", "driving"),
                         help="head pose: the actor's average (fixed) or the driving head's rotation relative to its "
                              "first frame (driving)")
+    parser.add_argument("--expression", default="animator", choices=("animator", "retarget"),
+                        help="animator: the paper's chain (the latent gives blend weights and texture); retarget: the "
+                             "mesh takes the driver's own fitted blend weights (tracked_blend), the texture the latent")
     parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
     parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
     parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
@@ -253,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
         background = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     avatar = load_avatar(args.avatar)
     report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
-                           background, args.chunk, not args.no_progress, args.pose)
+                           background, args.chunk, not args.no_progress, args.pose, args.expression)
     faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
