@@ -23,6 +23,7 @@ import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.features.extract import feature_array
+from avatar_lightning.template import load_template
 from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
 
 
@@ -47,17 +48,6 @@ class RunTransfer:
         }
 
 
-def template_mesh(cache: CaptureCache) -> Any:
-    """The actor's head template from the cache (only what deforming needs)."""
-    from avatar_lightning.render.mesh import Mesh
-
-    names = ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis")
-    arrays = {name: torch.from_numpy(np.asarray(cache.read(f"template/{name}")))
-              for name in names if cache.has(f"template/{name}")}
-    return Mesh(vertices=arrays["vertices"].float(), triangles=arrays["triangles"], uvs=arrays["uvs"].float(),
-                uv_triangles=arrays.get("uv_triangles"), blend_basis=arrays["blend_basis"].float())
-
-
 class DrivingClips:
     """Real driving videos ingested once into ``work``, their features made on demand, FaceMesh run once."""
 
@@ -76,8 +66,8 @@ class DrivingClips:
                 raise CacheError(f"{video}: FaceMesh found no face in any frame")
         return self._tracked[video]
 
-    def features(self, video: Path, extractor: str, output: str, relative: str) -> np.ndarray:
-        """``features/<output>`` of ``video`` as ``extractor`` with ``relative`` makes them (cached on disk)."""
+    def cache(self, video: Path, extractor: str, output: str, relative: str) -> CaptureCache:
+        """``video`` ingested with ``features/<output>`` as ``extractor`` with ``relative`` makes them (kept)."""
         from avatar_lightning.stages.features import extract_features
         from avatar_lightning.stages.ingest import ingest_video
 
@@ -86,7 +76,11 @@ class DrivingClips:
             ingest_video(video, folder, overwrite=True)
         if not CaptureCache(folder).has(feature_array(output)):
             extract_features(folder, extractor, relative=relative, progress=False)
-        return np.asarray(CaptureCache(folder).read(feature_array(output)), dtype=np.float32)
+        return CaptureCache(folder)
+
+    def features(self, video: Path, extractor: str, output: str, relative: str) -> np.ndarray:
+        """``features/<output>`` of ``video`` (see :meth:`cache`)."""
+        return np.asarray(self.cache(video, extractor, output, relative).read(feature_array(output)), np.float32)
 
 
 def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae: Any, mesh: Any) -> RunTransfer:
@@ -126,7 +120,7 @@ def score_grid(run_dirs: Sequence[Path], actor: CaptureCache, videos: Sequence[s
     if source is None:
         raise CacheError(f"{actor.root}: no head VAE recorded for latents/{latents}; run `python -m avatar_lightning "
                          "encode` with the head VAE the animators were trained against")
-    head_vae, mesh = load_head_vae(source), template_mesh(actor)
+    head_vae, mesh = load_head_vae(source), load_template(actor)
     clips = DrivingClips(videos, work)
     return [score_run(run, actor, clips, head_vae, mesh) for run in run_dirs]
 

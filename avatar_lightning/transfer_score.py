@@ -47,7 +47,7 @@ class VideoLandmarks:
 
     spec: str
     fps: float
-    landmarks: np.ndarray  # (N, 478, 3) pixels, zero where no face
+    landmarks: np.ndarray  # (N, 478, 3) pixels, NaN where no face
     valid: np.ndarray  # (N,) bool
 
     @property
@@ -55,14 +55,22 @@ class VideoLandmarks:
         return measures_of_landmarks(self.landmarks, self.valid)
 
 
+def video_path(spec: str) -> Path:
+    """The file of ``PATH`` or ``PATH@x,y,w,h``; a missing file is a clear error."""
+    from avatar_lightning.capture.sources import CameraSource
+
+    path = CameraSource.parse(spec).path
+    if not path.is_file():
+        raise CacheError(f"{path}: no such video file")
+    return path
+
+
 def iter_video_frames(spec: str) -> tuple[float, int, Iterator[np.ndarray]]:
     """``(fps, frames, iterator of RGB frames)`` of ``PATH`` or ``PATH@x,y,w,h`` (a region, e.g. side by side)."""
     from avatar_lightning.capture.sources import CameraSource, iter_capture, probe_capture
 
-    source = CameraSource.parse(spec)
-    if not source.path.is_file():
-        raise CacheError(f"{source.path}: no such video file")
-    info = probe_capture([source])
+    video_path(spec)
+    info = probe_capture([CameraSource.parse(spec)])
     return info.fps, info.num_frames, (views[0] for views in iter_capture(info))
 
 
@@ -71,22 +79,11 @@ Progress = Callable[[str, int, int], None]  # (what, done, total), as every stag
 
 def track_video(spec: str, progress: Progress | None = None) -> VideoLandmarks:
     """FaceMesh in tracking mode over every frame of ``spec``; memory grows only by the landmarks."""
-    from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
+    from avatar_lightning.features.mediapipe_landmarks import track_landmarks
 
     fps, frames, images = iter_video_frames(spec)
-    tracker = FaceMeshTracker(static=False)
-    landmarks = np.zeros((frames, NUM_LANDMARKS, 3))
-    valid = np.zeros(frames, dtype=bool)
-    what = f"FaceMesh {Path(spec.split('@')[0]).name}"
-    try:
-        for i, image in enumerate(images):
-            found = tracker(image)
-            if found is not None:
-                landmarks[i], valid[i] = found, True
-            if progress is not None:
-                progress(what, i + 1, frames)
-    finally:
-        tracker.close()
+    landmarks, valid = track_landmarks(images, frames, progress=progress,
+                                       what=f"FaceMesh {video_path(spec).name}")
     return VideoLandmarks(spec, fps, landmarks, valid)
 
 
@@ -212,15 +209,9 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
 def score_videos(driving: str, avatar: str, progress: Progress | None = None
                  ) -> tuple[TransferScore, np.ndarray, np.ndarray]:
     """Track both videos and score them; also returns both measure series (for the plot)."""
-    from avatar_lightning.capture.sources import CameraSource
     from avatar_lightning.video import probe_video
 
-    rates = {}
-    for spec in (driving, avatar):  # refuse a mismatch before minutes of tracking
-        path = CameraSource.parse(spec).path
-        if not path.is_file():
-            raise CacheError(f"{path}: no such video file")
-        rates[spec] = probe_video(path).fps
+    rates = {spec: probe_video(video_path(spec)).fps for spec in (driving, avatar)}  # a mismatch before tracking
     if abs(rates[driving] - rates[avatar]) > 1e-3 * rates[driving]:
         raise CacheError(f"{driving} runs at {rates[driving]:g} fps but {avatar} at {rates[avatar]:g}; "
                          "frames are paired by index, so both must have one frame rate")

@@ -33,21 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVING = ROOT.parent / "shared" / "data" / "driving"
 
 
-def driving_cache(video: Path, work: Path, avatar: Any) -> Path:
-    """The clip ingested once and its features extracted as the avatar's animator reads them (reused)."""
-    from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.features.extract import feature_array
-    from avatar_lightning.stages.features import extract_features
-    from avatar_lightning.stages.ingest import ingest_video
-
-    folder = work / f"{video.stem}.{avatar.extractor}.{avatar.relative}"
-    if not (folder / "manifest.json").is_file():
-        ingest_video(video, folder, overwrite=True)
-    if not CaptureCache(folder).has(feature_array(avatar.features)):
-        extract_features(folder, avatar.extractor, relative=avatar.relative, progress=False)
-    return folder
-
-
 def geometry_measures(avatar: Any, cache_dir: Path) -> np.ndarray:
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.features.extract import feature_array
@@ -85,14 +70,17 @@ def main() -> int:
         return 1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    drivers = {clip: track_video(str(clip)) for clip in clips}
+    from avatar_lightning.transfer_grid import DrivingClips
+
+    driving = DrivingClips(clips, work)  # ingested once, features kept between avatars and runs
+    drivers = {clip: driving.tracked(clip) for clip in clips}
     results: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "expression": args.expression,
                                "threads": torch.get_num_threads(), "avatars": {}}
     for avatar_dir in args.avatar:
         avatar = load_avatar(avatar_dir)
         rows: dict[str, Any] = {}
         for clip in clips:
-            cache_dir = driving_cache(clip, work, avatar)
+            cache_dir = driving.cache(clip, avatar.extractor, avatar.features, avatar.relative).root
             driver = drivers[clip].measures
             row: dict[str, Any] = {}
             if args.expression == "retarget":

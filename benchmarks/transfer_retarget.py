@@ -30,7 +30,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.transfer_grid import DrivingClips, template_mesh
+    from avatar_lightning.template import load_template
+    from avatar_lightning.transfer_grid import DrivingClips
     from avatar_lightning.transfer_score import mesh_measures, score_measures
 
     clips = DrivingClips(sorted(DRIVING.glob("*.mp4")), args.work)
@@ -39,7 +40,7 @@ def main() -> int:
         return 1
     results: dict[str, dict[str, dict]] = {}
     for actor in args.actor:
-        mesh = template_mesh(CaptureCache(actor))
+        mesh = load_template(CaptureCache(actor))
         rows = {}
         for video in clips.videos:
             weights = clips.features(video, "tracked_blend", "tracked_blend", "none")

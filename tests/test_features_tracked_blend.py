@@ -63,7 +63,7 @@ def test_features_stage_on_a_real_clip(shared_dir: Path, tmp_path: Path) -> None
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.cli import main
     from avatar_lightning.expression_measures import CORE_MEASURES, measures_of_landmarks
-    from avatar_lightning.features.tracked_blend import track_landmarks
+    from avatar_lightning.features.mediapipe_landmarks import track_landmarks
     from avatar_lightning.video import iter_frames
     from tests.features_fixtures import frames_cache
 
@@ -85,7 +85,7 @@ def test_features_stage_on_a_real_clip(shared_dir: Path, tmp_path: Path) -> None
     mesh = Mesh(torch.from_numpy(template.vertices).float(), torch.from_numpy(template.triangles),
                 torch.from_numpy(template.uvs).float(), torch.from_numpy(template.uv_triangles),
                 torch.from_numpy(build_blend_basis(template)).float())
-    landmarks, valid = track_landmarks(frames, [0])
+    landmarks, valid = track_landmarks(frames, len(frames))
     driver = measures_of_landmarks(np.nan_to_num(landmarks), valid)
     score = score_measures(driver, mesh_measures(mesh, x), 30.0)
     # 150 frames of d3 gave mean r 0.69, the first seven measures 0.77, mouth 0.91; a broken fit gives ~0

@@ -168,8 +168,8 @@ def template_camera(store: LandmarkStore, seen: np.ndarray) -> int:
 class LandmarkStore:
     """Every camera's landmark array in the cache, read by frame rows: ``(B, C, 478, 3)`` float64, NaN: no face."""
 
-    def __init__(self, cache: CaptureCache, names: Sequence[str]) -> None:
-        self.arrays = [cache.array(landmark_array(name)) for name in names]
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.arrays = list(arrays)  # one (N, 478, 3) array (memory map or in memory) per camera
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         return np.stack([np.asarray(array[rows], np.float64) for array in self.arrays], 1)
@@ -401,7 +401,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         seen = decode_and_track(info, cache, names, undistort, report)
         check_faces(seen, sources)
 
-        store = LandmarkStore(cache, names)
+        store = LandmarkStore([cache.array(landmark_array(name)) for name in names])
         k = template_camera(store, seen)
         rows = evenly(np.flatnonzero(seen[:, k]), TEMPLATE_SAMPLE)
         template = build_actor_template(np.asarray(store.arrays[k][rows], np.float64))

@@ -18,6 +18,7 @@ scikit-image's bundled ``astronaut`` photo (computed once per process; nothing i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -100,6 +101,31 @@ class FaceMeshTracker:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_mesh": None}
+
+
+def track_landmarks(frames: Iterable[np.ndarray], count: int, sequence_starts: Iterable[int] = (0,),
+                    progress: Callable[[str, int, int], None] | None = None, what: str = "FaceMesh"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """FaceMesh in tracking mode over ``count`` frames in order (reset at every sequence start).
+
+    Returns landmarks ``(count, 478, 3)`` in pixels, NaN where no face, and ``valid (count,)``; memory grows only
+    by the landmarks, so ``frames`` may be a decoder's stream or a memory map.
+    """
+    tracker = FaceMeshTracker(static=False)
+    landmarks = np.full((count, NUM_LANDMARKS, 3), np.nan)
+    starts = {int(s) for s in sequence_starts}
+    try:
+        for i, image in enumerate(frames):
+            if i in starts:
+                tracker.reset()
+            found = tracker(np.asarray(image))
+            if found is not None:
+                landmarks[i] = found
+            if progress is not None and (i % 64 == 0 or i == count - 1):
+                progress(what, i + 1, count)
+    finally:
+        tracker.close()
+    return landmarks, np.isfinite(landmarks[:, 0, 0])
 
 
 def similarity_transform(points: np.ndarray, reference: np.ndarray, subset: tuple[int, ...] = RIGID_LANDMARKS

@@ -17,47 +17,15 @@ spread). Layout, ``features/tracked_blend`` ``(N, 17) float32``: :data:`synth.bl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from avatar_lightning.cache import CacheError, CameraRecord
-from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
 
 NAME = "tracked_blend"
 Progress = Callable[[str, int, int], None]
-
-
-class _Landmarks:
-    """The landmark store ``prepare``'s fitting reads (``read(rows) -> (B, 1, 478, 3)``, NaN: no face), in memory."""
-
-    def __init__(self, landmarks: np.ndarray) -> None:
-        self.arrays = [landmarks]
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        return self.arrays[0][rows][:, None]
-
-
-def track_landmarks(frames: Any, sequence_starts: Sequence[int], progress: Progress | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """FaceMesh over ``frames (N, H, W, 3)`` in order (reset at every sequence start): ``(N, 478, 3)``, valid."""
-    tracker = FaceMeshTracker(static=False)
-    n = len(frames)
-    landmarks = np.full((n, NUM_LANDMARKS, 3), np.nan)
-    starts = set(int(s) for s in sequence_starts)
-    try:
-        for i in range(n):
-            if i in starts:
-                tracker.reset()
-            found = tracker(np.asarray(frames[i]))
-            if found is not None:
-                landmarks[i] = found
-            if progress is not None and (i % 64 == 0 or i == n - 1):
-                progress("FaceMesh", i + 1, n)
-    finally:
-        tracker.close()
-    return landmarks, np.isfinite(landmarks[:, 0, 0])
 
 
 def fit_blend_weights(landmarks: np.ndarray, valid: np.ndarray, width: int, height: int,
@@ -65,12 +33,12 @@ def fit_blend_weights(landmarks: np.ndarray, valid: np.ndarray, width: int, heig
     """The person's own template and per-frame blend weights ``(N, 17)`` from its landmarks (pixels)."""
     from avatar_lightning.capture import calibration as calib
     from avatar_lightning.capture.fitting import FitSettings
-    from avatar_lightning.capture.prepare import TEMPLATE_SAMPLE, choose_focal, evenly, fit_tracking
+    from avatar_lightning.capture.prepare import TEMPLATE_SAMPLE, LandmarkStore, choose_focal, evenly, fit_tracking
     from avatar_lightning.capture.template import build_actor_template
 
     if not valid.any():
         raise CacheError("FaceMesh found no face in any frame: no blend weights can be fitted")
-    store = _Landmarks(landmarks)
+    store = LandmarkStore([landmarks])
     seen = valid[:, None]
     template = build_actor_template(landmarks[evenly(np.flatnonzero(valid), TEMPLATE_SAMPLE)])
     record = CameraRecord("cam0", calib.default_intrinsics(width, height), np.eye(3).tolist(), [0.0, 0.0, 0.0],

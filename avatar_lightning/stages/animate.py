@@ -35,12 +35,12 @@ from avatar_lightning.avatar import Avatar, load_avatar
 from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.features.head_pose import HeadRotationTracker
+from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
 from avatar_lightning.video import VideoWriter
 
 PoseSource = Literal["fixed", "driving"]
 Expression = Literal["animator", "retarget"]
-TRACKED_BLEND = "tracked_blend"
 ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
 ORBIT_SECONDS = 4.0  # one swing left and back
 

@@ -29,15 +29,16 @@ from avatar_lightning.features.extract import (
     fill_and_normalise,
     valid_array,
 )
+from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
 
 STAGE = "features"
-TRACKED_BLEND = "tracked_blend"  # a sequence-level fit, not a per-frame extractor (features/tracked_blend.py)
 
 
 def extract_tracked_blend(cache_dir: str | Path, camera: str | None = None, relative: str = "none"
                           ) -> dict[str, Any]:
     """``features/tracked_blend``: the sequence-level fit of :mod:`features.tracked_blend` (one process)."""
-    from avatar_lightning.features.tracked_blend import NAME, fit_blend_weights, track_landmarks
+    from avatar_lightning.features.mediapipe_landmarks import track_landmarks
+    from avatar_lightning.features.tracked_blend import fit_blend_weights
     from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 
     cache = CaptureCache(cache_dir)
@@ -46,28 +47,32 @@ def extract_tracked_blend(cache_dir: str | Path, camera: str | None = None, rela
         raise CacheError(f"{cache.root}: no camera {camera!r}; the cache has {[c.name for c in cache.cameras]}")
     frames = cache.array(f"cameras/{record.name}/frames")
     spans = covering_spans([(s.first, s.last) for s in cache.sequences], cache.num_frames)
-    landmarks, valid = track_landmarks(frames, [a for a, _ in spans])
+    landmarks, valid = track_landmarks(frames, len(frames), [a for a, _ in spans])
     if not valid.any():
         raise CacheError(f"{cache.root}: FaceMesh found no face in any of the {len(valid)} frames of camera "
                          f"{record.name!r}; no blend weights can be fitted")
     weights, report = fit_blend_weights(landmarks, valid, record.width, record.height)
-    arrays = {feature_array(NAME): weights, valid_array(NAME): valid}
-    fill_and_normalise(arrays, [NAME], spans, relative=relative,
+    arrays = {feature_array(TRACKED_BLEND): weights, valid_array(TRACKED_BLEND): valid}
+    fill_and_normalise(arrays, [TRACKED_BLEND], spans, relative=relative,
                        warmup=max(1, round(RUNNING_WARMUP_SECONDS * cache.fps)))
-    cache.write_array(feature_array(NAME), arrays[feature_array(NAME)], stage=STAGE, per_frame=True)
-    cache.write_array(valid_array(NAME), valid, stage=STAGE, per_frame=True)
-    summary = {NAME: {
-        "extractor": NAME, "camera": record.name, "source": f"cameras/{record.name}/frames {list(frames.shape)}",
+    cache.write_array(feature_array(TRACKED_BLEND), arrays[feature_array(TRACKED_BLEND)], stage=STAGE, per_frame=True)
+    cache.write_array(valid_array(TRACKED_BLEND), valid, stage=STAGE, per_frame=True)
+    summary = {TRACKED_BLEND: {
+        "extractor": TRACKED_BLEND, "camera": record.name,
+        "source": f"cameras/{record.name}/frames {list(frames.shape)}",
         "dim": len(BLEND_SHAPE_NAMES), "layout": f"17 blend weights fitted to the person's own template: "
                                                   f"{', '.join(BLEND_SHAPE_NAMES)}",
         "relative": relative, "fit": report, "frames_without_face": int((~valid).sum()),
         "missing_filled_by": "the tracker's interpolation between fitted frames",
     }}
-    cache.reload()
-    recorded = dict(cache.manifest.meta.get("features", {}))
-    recorded.update(summary)
-    cache.set_meta(features=recorded)
+    record_features(cache, summary)
     return summary
+
+
+def record_features(cache: CaptureCache, summary: dict[str, Any]) -> None:
+    """Merge what was extracted, per output, into the manifest's ``meta.features``."""
+    cache.reload()
+    cache.set_meta(features={**cache.manifest.meta.get("features", {}), **summary})
 
 
 def extract_features(
@@ -143,9 +148,7 @@ def extract_features(
             "frames_without_face_per_span": {k: v for k, v in missing.items() if v},
             "missing_filled_by": "linear interpolation between the nearest valid frames of the same sequence",
         }
-    recorded = dict(cache.manifest.meta.get("features", {}))
-    recorded.update(summary)
-    cache.set_meta(features=recorded)
+    record_features(cache, summary)
     return summary
 
 
