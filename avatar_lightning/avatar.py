@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
+from avatar_lightning.checkpoints import checkpoint_entry, load_model, weights_fingerprint
 from avatar_lightning.render import Mesh
 
 FORMAT = "avatar_lightning.avatar"
@@ -44,13 +45,7 @@ def _load_checkpoint(kind: str, path: Path) -> torch.nn.Module:
     from avatar_lightning.models.rerender import Rerenderer
 
     classes = {"head_vae": HeadVAE, "rerender": Rerenderer, "animator": Animator}
-    if not path.is_file():
-        raise CacheError(f"{path} does not exist: the {kind} checkpoint is missing")
-    try:
-        model = classes[kind].load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
-        raise CacheError(f"{path} is not a {classes[kind].__name__} checkpoint ({type(err).__name__}: {err})") from None
-    return model.eval()
+    return load_model(classes[kind], path)
 
 
 @dataclass
@@ -94,6 +89,24 @@ class Avatar:
         return self
 
 
+def _check_head_vae_encoded_the_latents(cache: CaptureCache, head_vae: torch.nn.Module, head_vae_path: Path,
+                                        animator_path: Path) -> None:
+    """The head VAE must be the one whose latents the animator learned: another one (even of the same size)
+    decodes them to a different face. ``encode`` records the weights' fingerprint for each latents array."""
+    data = checkpoint_entry(animator_path, "datamodule_hyper_parameters") or {}
+    latents = str(data.get("latents", "head_vae"))
+    recorded = cache.manifest.meta.get("latents", {}).get(latents) or {}
+    expected = recorded.get("weights_sha256")
+    if expected is None:
+        return  # latents not written by `encode` (an older cache or a test fixture): nothing to compare against
+    if weights_fingerprint(head_vae) != expected:
+        raise CacheError(
+            f"--head-vae {head_vae_path} is not the head VAE that encoded latents/{latents} in {cache.root} (that was "
+            f"{recorded.get('checkpoint')}); the animator learned those latents, so pass that checkpoint, or re-run "
+            f"`python -m avatar_lightning encode --ckpt {head_vae_path} --cache {cache.root} --name {latents}` and "
+            "retrain the animator")
+
+
 def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, rerender: str | Path,
                   animator: str | Path, overwrite: bool = False) -> Path:
     """Write the avatar folder ``out`` from a training cache and the three checkpoints; returns ``out``."""
@@ -110,6 +123,7 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
     if models["head_vae"].hparams.latent_dim != models["animator"].hparams.latent_dim:
         raise CacheError(f"the animator predicts {models['animator'].hparams.latent_dim}-d latents but the head VAE "
                          f"takes {models['head_vae'].hparams.latent_dim}: they were not trained together")
+    _check_head_vae_encoded_the_latents(cache, models["head_vae"], sources["head_vae"], sources["animator"])
     staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "clean_plates").mkdir(parents=True)
@@ -142,6 +156,16 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
     return out
 
 
+def _check_inside(root: Path, relative: Any, manifest: Path) -> None:
+    """A file an avatar.json names must lie in the avatar folder: a shared folder cannot point elsewhere."""
+    if not isinstance(relative, str) or not relative:
+        raise CacheError(f"{manifest}: file entry {relative!r} is not a relative path; {EXPORT_HINT}")
+    inside = root.resolve()
+    target = (root / relative).resolve()
+    if Path(relative).is_absolute() or (target != inside and inside not in target.parents):
+        raise CacheError(f"{manifest}: {relative!r} points outside the avatar folder {root}; refusing to read it")
+
+
 def load_avatar(root: str | Path) -> Avatar:
     """Load an avatar folder; a missing or foreign piece is a :class:`CacheError` naming it."""
     root = Path(root)
@@ -156,6 +180,10 @@ def load_avatar(root: str | Path) -> Avatar:
         raise CacheError(f"{manifest}: not a version-{VERSION} avatar ({info.get('format')!r} "
                          f"v{info.get('version')!r}); {EXPORT_HINT}")
     files = info.get("files", {})
+    if not isinstance(files, dict) or not isinstance(files.get("clean_plates", {}), dict):
+        raise CacheError(f"{manifest}: 'files' must map each piece to a file in the folder; {EXPORT_HINT}")
+    for relative in [*(v for k, v in files.items() if k != "clean_plates"), *files.get("clean_plates", {}).values()]:
+        _check_inside(root, relative, manifest)
     missing = [str(root / files.get(kind, name)) for kind, name in {**CHECKPOINTS, "template": TEMPLATE}.items()
                if not (root / files.get(kind, name)).is_file()]
     missing += [str(root / p) for p in files.get("clean_plates", {}).values() if not (root / p).is_file()]

@@ -56,11 +56,39 @@ PRODUCERS: tuple[tuple[str, str], ...] = (
     ("renders/*", "`python -m avatar_lightning render-mesh --ckpt HEAD_VAE.ckpt --cache DIR --name RUN` (I_orig)"),
 )
 
+# Float arrays where NaN marks "no face in this frame" (with a ``.valid`` mask beside them). Every other float
+# array must be finite: a writer refuses NaN/Inf before the array is listed, and readers that train or render
+# on an array check it (:meth:`CaptureCache.require_finite`).
+MAY_HOLD_NAN: tuple[str, ...] = ("tracking/landmarks/*",)
+_FINITE_SCAN_BYTES = 64 << 20  # rows scanned per step: memory stays flat in the array's length
+
 _ARRAY_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 
 
 class CacheError(RuntimeError):
     """A capture cache is missing, malformed, or lacks what a stage needs."""
+
+
+def must_be_finite(name: str, dtype: Any) -> bool:
+    """Whether array ``name`` of ``dtype`` may hold only finite values (see :data:`MAY_HOLD_NAN`)."""
+    kind = np.dtype(dtype).kind
+    return kind in "fc" and not any(fnmatch.fnmatchcase(name, pattern) for pattern in MAY_HOLD_NAN)
+
+
+def nonfinite_rows(data: np.ndarray) -> tuple[int, int | None]:
+    """``(rows holding NaN or Inf, the first such row)`` of a (memory-mapped) array, scanned in slabs."""
+    if data.dtype.kind not in "fc" or data.size == 0:
+        return 0, None
+    rows = data.reshape(1, -1) if data.ndim == 0 else data
+    step = max(1, _FINITE_SCAN_BYTES // max(1, rows[0].nbytes))
+    count, first = 0, None
+    for start in range(0, len(rows), step):
+        slab = np.asarray(rows[start : start + step])
+        bad = ~np.isfinite(slab.reshape(len(slab), -1)).all(axis=1)
+        if bad.any():
+            count += int(bad.sum())
+            first = start + int(np.argmax(bad)) if first is None else first
+    return count, first
 
 
 def producer_of(name: str) -> str:
@@ -230,14 +258,14 @@ def _umask() -> int:
     return mask
 
 
-def _umask_mode() -> int:
+def new_file_mode() -> int:
     """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide a cache from its group)."""
     return 0o666 & ~_umask()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _umask_mode())
+    os.chmod(tmp, new_file_mode())
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -332,7 +360,7 @@ class CaptureCache:
             meta=dict(meta or {}),
         )
         manifest.validate(manifest_path)
-        _atomic_write_text(manifest_path, json.dumps(manifest.to_json(), indent=2))
+        atomic_write_text(manifest_path, json.dumps(manifest.to_json(), indent=2))
         return cls(root)
 
     # ------------------------------------------------------------------ manifest
@@ -368,7 +396,7 @@ class CaptureCache:
             manifest = self._read_manifest()  # someone else may have added arrays meanwhile
             mutate(manifest)
             manifest.validate(self.manifest_path)
-            _atomic_write_text(self.manifest_path, json.dumps(manifest.to_json(), indent=2))
+            atomic_write_text(self.manifest_path, json.dumps(manifest.to_json(), indent=2))
             self.manifest = manifest
 
     def reload(self) -> None:
@@ -450,6 +478,18 @@ class CaptureCache:
             )
         return data
 
+    def require_finite(self, name: str) -> np.ndarray:
+        """:meth:`array`, refused with a :class:`CacheError` if it holds NaN or Inf where it must not."""
+        data = self.array(name)
+        if must_be_finite(name, data.dtype):
+            count, first = nonfinite_rows(data)
+            if count:
+                raise CacheError(
+                    f"{self.root / self.record(name).file}: {count} of {len(data)} rows of {name!r} hold NaN or Inf "
+                    f"(first: row {first}); re-run {producer_of(name)}"
+                )
+        return data
+
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of array ``name`` as an in-memory array; only those rows are read from disk."""
         return np.array(self.array(name)[start:stop])
@@ -496,12 +536,19 @@ class CaptureCache:
         path = self._check_new(name, shape, per_frame)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
         os.close(fd)
-        os.chmod(tmp_name, _umask_mode())
+        os.chmod(tmp_name, new_file_mode())
         tmp = Path(tmp_name)
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             yield out
             out.flush()
+            if must_be_finite(name, dtype):
+                count, first = nonfinite_rows(out)
+                if count:
+                    raise CacheError(
+                        f"{stage}: refusing to write {name!r} to {self.root}: {count} of {shape[0] if shape else 1} "
+                        f"rows hold NaN or Inf (first: row {first}); nothing was written"
+                    )
             del out
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from avatar_lightning import __version__
@@ -83,6 +84,63 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+CKPT_PATH_KEYWORDS = ("last", "best", "hpc", "registry")
+RUN_FILES = ("config.yaml", "metrics.csv", "hparams.yaml", "checkpoints")
+
+
+def refuse_reused_run_folder(log_dir: str | os.PathLike[str] | None) -> None:
+    """Raise if ``log_dir`` already holds a run (a fresh fit would mix into it); resuming is ``--ckpt_path``."""
+    if not log_dir:
+        return
+    folder = Path(log_dir)
+    found = [name for name in RUN_FILES if (folder / name).exists()]
+    if found:
+        last = folder / "checkpoints" / "last.ckpt"
+        resume = f"resume it with `--ckpt_path {last}`, " if last.is_file() else ""
+        raise CacheError(f"{folder} already holds a run ({', '.join(found)}); {resume}move or delete that folder "
+                         "to train it again, or give this run another name (--trainer.logger.init_args.version=...)")
+
+
+def keep_metrics_on_resume(trainer: Any, ckpt_path: str | os.PathLike[str]) -> None:
+    """Resuming into the killed run's folder keeps its metrics.csv up to the checkpoint's step.
+
+    Lightning's CSVLogger deletes an existing metrics.csv when it starts; the rows before the checkpoint's step are
+    put back (later rows are logged again by the resumed run), so the file holds one curve, as an unkilled run
+    would have written it.
+    """
+    import csv
+    import io
+    import warnings
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from avatar_lightning.cache import atomic_write_text
+    from avatar_lightning.checkpoints import checkpoint_entry
+
+    step = checkpoint_entry(ckpt_path, "global_step")
+    for logger in trainer.loggers:
+        if not isinstance(logger, CSVLogger) or not isinstance(step, int):
+            continue
+        metrics = Path(logger.log_dir) / "metrics.csv"
+        rows: list[dict[str, str]] = []
+        if metrics.is_file():
+            with open(metrics, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        with warnings.catch_warnings():  # "Previous log files ... will be deleted": we keep them, below
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            writer = logger.experiment  # starts the writer now (it removes metrics.csv)
+        kept = [row for row in rows if row.get("step", "").isdigit() and int(row["step"]) < step]
+        if not kept:
+            continue
+        keys = sorted(rows[0])
+        text = io.StringIO()
+        table = csv.DictWriter(text, fieldnames=keys)  # csv's \r\n, as CSVLogger writes
+        table.writeheader()
+        table.writerows(kept)
+        atomic_write_text(metrics, text.getvalue())
+        writer.metrics_keys = keys  # so its appends line up with this header
+
+
 def _progress_bar_wanted(trainer_config: dict[str, Any]) -> bool:
     return trainer_config.get("enable_progress_bar", True) is not False
 
@@ -93,6 +151,8 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger
+
+    from callbacks.resume import FlushLogsWithCheckpoint, RNGStateCheckpoint
 
     class AvatarLightningCLI(LightningCLI):
         """LightningCLI with the project's defaults: CSV logs under ``runs/``, a rich progress bar, seed 0."""
@@ -112,8 +172,38 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             callbacks = config.get("callbacks") or []
             if _progress_bar_wanted(config) and not any(isinstance(c, RichProgressBar) for c in callbacks):
                 extra.append(RichProgressBar())
+            if not any(isinstance(c, RNGStateCheckpoint) for c in callbacks):
+                extra.append(RNGStateCheckpoint())  # a resumed fit draws the same noise as the run it continues
+            if not any(isinstance(c, FlushLogsWithCheckpoint) for c in callbacks):
+                extra.append(FlushLogsWithCheckpoint())
             config["logger"] = _with_csv_logger(config.get("logger"), config.get("default_root_dir") or "runs")
             return self._instantiate_trainer(config, extra)
+
+        def _check_ckpt_path(self) -> str | None:
+            path = self.config[self.subcommand].get("ckpt_path")
+            if path and path not in CKPT_PATH_KEYWORDS and not Path(path).is_file():
+                raise CacheError(f"--ckpt_path {path} does not exist; `fit` writes checkpoints to "
+                                 "<trainer.default_root_dir or the logger's folder>/checkpoints/ (last.ckpt is the "
+                                 "newest)")
+            return path
+
+        def before_fit(self) -> None:
+            """A run folder with a fixed name (the animator's grid cells) is never silently reused: a second
+            fresh ``fit`` would overwrite its config.yaml and append to its metrics.csv beside the old checkpoint."""
+            ckpt_path = self._check_ckpt_path()
+            if ckpt_path is None:
+                refuse_reused_run_folder(self.trainer.log_dir)
+            elif ckpt_path not in CKPT_PATH_KEYWORDS:
+                keep_metrics_on_resume(self.trainer, ckpt_path)
+
+        def before_validate(self) -> None:
+            self._check_ckpt_path()
+
+        def before_test(self) -> None:
+            self._check_ckpt_path()
+
+        def before_predict(self) -> None:
+            self._check_ckpt_path()
 
         def after_fit(self) -> None:
             """Models that ask for it (the animator) are scored on the held-out split right after training."""
@@ -142,14 +232,45 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     )
 
 
+DEBUG_ENV = "AVATAR_LIGHTNING_DEBUG"
+DEBUG_HINT = f"(--debug or {DEBUG_ENV}=1 shows the traceback)"
+
+
+def _debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` anywhere on the command line (removed before parsing) or ``AVATAR_LIGHTNING_DEBUG=1``."""
+    wanted = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return wanted or "--debug" in argv, [arg for arg in argv if arg != "--debug"]
+
+
+def _report(err: BaseException) -> int:
+    """One clear line on stderr for a failure, and its exit code: 2 for bad input, 1 for anything else."""
+    if isinstance(err, CacheError):
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    message = str(err).strip() or "(no message)"
+    print(f"error: {type(err).__name__}: {message}\n{DEBUG_HINT}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to a Lightning command or a stage; returns the process exit code."""
+    """Dispatch to a Lightning command or a stage; returns the process exit code.
+
+    A failure is one ``error:`` line and exit code 2 (bad input: a missing or malformed file, a cache that
+    lacks what the command needs) or 1 (anything else); the traceback only with ``--debug``.
+    """
+    from avatar_lightning.quiet import quiet_third_party_logs
+
+    quiet_third_party_logs()
     # Weights & Biases never needs an account or the network unless the user asks for it.
     os.environ.setdefault("WANDB_MODE", "offline")
     # Lightning's own calls into jsonargparse raise deprecation notices a user can do nothing about.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = _debug_wanted(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -157,15 +278,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
+    if command not in LIGHTNING_COMMANDS and command not in STAGES:
+        print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
     try:
         if command in LIGHTNING_COMMANDS:
-            # LightningCLI reads sys.argv itself when run as a program (and warns if given both).
+            if from_command_line:
+                sys.argv = [sys.argv[0], *argv]  # LightningCLI reads sys.argv itself (and warns if given both)
             build_lightning_cli(None if from_command_line else argv)
             return 0
-        if command in STAGES:
-            return int(STAGES[command].load()(rest) or 0)
-    except CacheError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-    return 2
+        return int(STAGES[command].load()(rest) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place every failure becomes a message and an exit code
+        if debug:
+            raise
+        return _report(err)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.checkpoints import load_model
 from avatar_lightning.features.extract import feature_array
 from avatar_lightning.template import load_template
 from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
@@ -92,7 +93,7 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         raise CacheError(f"{run_dir}: no checkpoints/last.ckpt to drive")
-    model = Animator.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False).eval()
+    model = load_model(Animator, checkpoint)
     output = str(model.hparams.features)
     recorded = actor.manifest.meta.get("features", {}).get(output)
     if recorded is None:

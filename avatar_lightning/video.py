@@ -23,7 +23,7 @@ from types import TracebackType
 import av
 import numpy as np
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.cache import CacheError, new_file_mode
 
 # Encoders by file suffix: what FFmpeg's muxer for that container accepts and PyAV's wheel ships.
 CODEC_BY_SUFFIX = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
@@ -204,6 +204,7 @@ class VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}", dir=self.path.parent)
         os.close(fd)
+        os.chmod(tmp, new_file_mode())  # the user's umask, as a plain open() would give (mkstemp: 0600)
         self._tmp = Path(tmp)
         self._container = av.open(tmp, mode="w", format=None)
         return self

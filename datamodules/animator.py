@@ -12,16 +12,24 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from avatar_lightning.cache import CacheError, SequenceRecord
 from avatar_lightning.features.extract import feature_array, valid_array
-from datamodules.windows import CacheDataModule, CacheWindowDataset
+from datamodules.windows import CacheDataModule, CacheWindowDataset, ResumableDataLoader, resumable_shuffle
 
 
 def latent_array(run: str) -> str:
     """Cache array of a head VAE's latents: ``latents/<run>`` (written by ``encode``)."""
     return f"latents/{run}"
+
+
+class EpochBatchSampler(BatchSampler):
+    """A ``BatchSampler`` that passes Lightning's ``set_epoch`` on to its sampler (Lightning looks one level deep)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.sampler, "set_epoch", None)):
+            self.sampler.set_epoch(epoch)
 
 
 class BatchedWindows(CacheWindowDataset):
@@ -158,10 +166,11 @@ class AnimatorDataModule(CacheDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         if shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed))
+            sampler = resumable_shuffle(self, len(dataset), self.seed, self.batch_size)
         else:
             sampler = SequentialSampler(dataset)
-        return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
+        batches = EpochBatchSampler(sampler, self.batch_size, drop_last=False)
+        return (ResumableDataLoader if shuffle else DataLoader)(dataset, batch_size=None, sampler=batches,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def _sequence_loader(self, split: str) -> DataLoader:

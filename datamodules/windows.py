@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, SequenceRecord
 
@@ -22,6 +22,74 @@ def window_starts(sequences: Sequence[SequenceRecord], window: int, stride: int 
         raise ValueError(f"window and stride must be >= 1, got window={window}, stride={stride}")
     starts = [np.arange(s.first, s.last - window + 2, stride, dtype=np.int64) for s in sequences]
     return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+
+
+class ResumableShuffle(Sampler[int]):
+    """A shuffled order that depends only on ``(seed, epoch)`` and can start part-way into an epoch.
+
+    torch's ``RandomSampler`` draws each epoch from one generator that a checkpoint does not hold, so a fit
+    resumed from ``last.ckpt`` would see other batches than the run it continues. Here epoch ``e``'s order is a
+    pure function of ``(seed, e)`` (Lightning calls :meth:`set_epoch`, as for ``DistributedSampler``) and
+    :meth:`resume_at` skips the batches the killed run had already trained on.
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int) -> None:
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.epoch = 0
+        self._skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iteration is epoch ``epoch`` without its first ``batches_done`` batches."""
+        self.epoch, self._skip_batches = int(epoch), int(batches_done)
+
+    def order(self, epoch: int) -> list[int]:
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        skip, self._skip_batches = self._skip_batches * self.batch_size, 0
+        return iter(self.order(self.epoch)[skip:])
+
+    def __len__(self) -> int:
+        return self.size  # the full epoch: Lightning's batch counter resumes part-way through it
+
+
+def resumable_shuffle(datamodule: pl.LightningDataModule, size: int, seed: int, batch_size: int) -> ResumableShuffle:
+    """The training sampler, positioned where a restored fit loop left off (if the trainer is resuming)."""
+    sampler = ResumableShuffle(size, seed, batch_size)
+    trainer = datamodule.trainer
+    if trainer is not None and trainer.fit_loop.restarting:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        sampler.resume_at(trainer.fit_loop.epoch_progress.current.processed,
+                          epoch_loop.batch_progress.current.completed)
+    return sampler
+
+
+class ResumableDataLoader(DataLoader):
+    """A training ``DataLoader`` over a :class:`ResumableShuffle` that Lightning treats as resumable.
+
+    The position itself is restored by :func:`resumable_shuffle` from the fit loop's own counters (they are in
+    every checkpoint); this loader's state records the shuffle's seed so that resuming with another seed, which
+    would silently train on other batches, is refused.
+    """
+
+    def _shuffle(self) -> ResumableShuffle | None:
+        sampler = getattr(self.sampler, "sampler", self.sampler)  # the animator wraps it in a batch sampler
+        return sampler if isinstance(sampler, ResumableShuffle) else None
+
+    def state_dict(self) -> dict[str, int]:
+        shuffle = self._shuffle()
+        return {} if shuffle is None else {"seed": shuffle.seed, "size": shuffle.size}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        shuffle = self._shuffle()
+        now = {} if shuffle is None else {"seed": shuffle.seed, "size": shuffle.size}
+        if state_dict and state_dict != now:
+            raise CacheError(f"the checkpoint was trained with data order {state_dict} (shuffle seed, windows) but "
+                             f"this run has {now}; resume with the same data.init_args.seed and cache")
 
 
 class CacheWindowDataset(Dataset):
@@ -56,7 +124,7 @@ class CacheWindowDataset(Dataset):
             rec = cache.record(name)  # clear error naming the producer if missing
             if not rec.per_frame:
                 raise CacheError(f"{self.root}: array {name!r} (batch key {key!r}) is not per-frame")
-            cache.array(name)  # validates the file header against the manifest once, up front
+            cache.require_finite(name)  # header against the manifest, and no NaN/Inf to train on, once up front
         self._maps: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -149,12 +217,11 @@ class CacheDataModule(pl.LightningDataModule):
             self.datasets["predict"] = self._dataset(SPLITS, self.eval_stride)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
+        dataset = self.datasets[split]
+        return (ResumableDataLoader if shuffle else DataLoader)(
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=resumable_shuffle(self, len(dataset), self.seed, self.batch_size) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

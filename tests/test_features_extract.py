@@ -82,9 +82,12 @@ def test_interpolation_and_mean() -> None:
     fill_and_normalise(arrays, ["x"], [(0, 4), (5, 9)], relative="sequence")
     for a, b in [(0, 4), (5, 9)]:
         np.testing.assert_allclose(arrays["features/x"][a : b + 1][valid[a : b + 1]].mean(0), 0, atol=1e-5)
+    one = {"features/x": np.ones((8, 2), np.float32), "features/x.valid": np.arange(8) >= 4}
+    fill_and_normalise(one, ["x"], [(0, 3), (4, 7)], relative="sequence")
+    assert not one["features/x"][:4].any()  # a sequence without any face: zeros, never a crash
     none = {"features/x": np.ones((4, 2), np.float32), "features/x.valid": np.zeros(4, bool)}
-    fill_and_normalise(none, ["x"], [(0, 3)], relative="capture")
-    assert not none["features/x"].any()  # a sequence without any face: zeros, never a crash
+    with pytest.raises(CacheError, match="no face was found in any of the 4 frames"):
+        fill_and_normalise(none, ["x"], [(0, 3)], relative="capture")  # a capture without any face: refused
     assert covering_spans([(2, 4), (7, 8)], 12) == [(0, 1), (2, 4), (5, 6), (7, 8), (9, 11)]
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar_lightning.cache import CacheError
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
 Relative = Literal["none", "sequence", "capture", "running", "running_zscore", "warmup"]
@@ -227,6 +228,10 @@ def fill_and_normalise(arrays: Mapping[str, np.ndarray], outputs: Sequence[str],
         raise ValueError(f"relative must be one of {RELATIVE_CHOICES}, got {relative!r}")
     for output in outputs:
         values, valid = arrays[feature_array(output)], np.asarray(arrays[valid_array(output)], dtype=bool)
+        if not valid.any():  # raised before the commit: a previous features/<output> stays as it was
+            raise CacheError(f"{feature_array(output)}: no face was found in any of the {len(valid)} frames, so there "
+                             "is nothing to learn from or drive with; nothing was written. Check that the video shows "
+                             "a face (or pick another camera with --camera)")
         groups: list[list[tuple[int, int]]] = []
         if relative == "sequence":
             groups = [[span] for span in spans]

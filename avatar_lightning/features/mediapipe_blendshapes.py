@@ -20,6 +20,7 @@ order (the model's own: ``_neutral`` first, then ARKit names alphabetically), ea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import warnings
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from avatar_lightning.cache import CacheError
 from avatar_lightning.features.base import FeatureBatch, FeatureExtractor, FeatureOutput, check_frames
+from avatar_lightning.quiet import native_stderr_filtered
 
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 MODEL_URL = "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
@@ -101,13 +103,14 @@ class FaceLandmarkerTracker:
         """Blendshape scores ``(52,) float32`` of the face in ``image (H, W, 3) uint8`` RGB; None if no face."""
         import mediapipe as mp
 
-        if self._landmarker is None:
-            self._landmarker = self._build()
-            self._frame = 0
-        timestamp_ms = int(round(self._frame * 1000.0 / self.fps))
-        self._frame += 1
-        result = self._landmarker.detect_for_video(
-            mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)), timestamp_ms)
+        with native_stderr_filtered() if self._landmarker is None or self._frame == 0 else contextlib.nullcontext():
+            if self._landmarker is None:
+                self._landmarker = self._build()
+                self._frame = 0
+            timestamp_ms = int(round(self._frame * 1000.0 / self.fps))
+            self._frame += 1
+            result = self._landmarker.detect_for_video(
+                mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)), timestamp_ms)
         if not result.face_blendshapes:
             return None
         return np.array([c.score for c in result.face_blendshapes[0]], dtype=np.float32)

@@ -17,6 +17,7 @@ scikit-image's bundled ``astronaut`` photo (computed once per process; nothing i
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
 from functools import lru_cache
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from avatar_lightning.features.base import FeatureBatch, FeatureExtractor, FeatureOutput, check_frames
+from avatar_lightning.quiet import native_stderr_filtered
 
 NUM_LANDMARKS = 478
 FEATURE_DIM = 3 * NUM_LANDMARKS
@@ -63,6 +65,7 @@ class FaceMeshTracker:
         self.min_detection_confidence = min_detection_confidence
         self.min_tracking_confidence = min_tracking_confidence
         self._mesh: Any = None
+        self._warm = False  # MediaPipe's native start-up lines come with the first frame, then never again
 
     def _build(self) -> Any:
         import mediapipe as mp
@@ -80,12 +83,14 @@ class FaceMeshTracker:
 
         x, y are pixel coordinates (pixel centres at +0.5), z relative depth in the same pixel scale as x.
         """
-        if self._mesh is None:
-            self._mesh = self._build()
         height, width = image.shape[:2]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            result = self._mesh.process(np.ascontiguousarray(image))
+        with native_stderr_filtered() if not self._warm else contextlib.nullcontext():
+            if self._mesh is None:
+                self._mesh = self._build()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                result = self._mesh.process(np.ascontiguousarray(image))
+            self._warm = True
         if not result.multi_face_landmarks:
             return None
         points = np.array([(p.x, p.y, p.z) for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
@@ -98,9 +103,10 @@ class FaceMeshTracker:
         if self._mesh is not None:
             self._mesh.close()
             self._mesh = None
+        self._warm = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_mesh": None}
+        return {**self.__dict__, "_mesh": None, "_warm": False}
 
 
 def track_landmarks(frames: Iterable[np.ndarray], count: int, sequence_starts: Iterable[int] = (0,),

@@ -138,7 +138,7 @@ def stream_latents(avatar: Avatar, features: np.ndarray, chunk: int) -> Iterator
     pending: list[Tensor] = []
     emitted = 0
     for start in range(0, len(features), chunk):
-        x = torch.from_numpy(np.asarray(features[start : start + chunk], dtype=np.float32))
+        x = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))  # a copy: mmaps are read-only
         for row in x:
             pending += stream.push(row)
         while len(pending) >= chunk:
@@ -179,7 +179,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
         raise CacheError(f"{driving.root}: no {feature_array(name)}; the avatar's animator reads {name!r} features: "
                          f"`python -m avatar_lightning features --cache {driving.root} --extractor {avatar.extractor}"
                          f" --relative {avatar.relative}`")
-    features = driving.array(feature_array(name))
+    features = driving.require_finite(feature_array(name))
     expected = avatar.animator.hparams.feature_dim
     if features.shape[1] != expected:
         raise CacheError(f"{driving.root}: {feature_array(name)} has {features.shape[1]} values per frame but the "
@@ -208,7 +208,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
             index = list(range(first, first + len(z)))
             source = np.asarray(frames[first : first + len(z)]) if frames is not None else None
             rotations = head(source) if head is not None else None
-            blend = (torch.from_numpy(np.asarray(retarget[first : first + len(z)], np.float32))
+            blend = (torch.from_numpy(np.array(retarget[first : first + len(z)], np.float32))
                      if retarget is not None else None)
             image = renderer.render(z, index, rotations, blend)
             if with_driving:
@@ -247,6 +247,17 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
                                  chunk, progress, pose, expression)
 
 
+def check_output_video(out: str | Path, driving: str | Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is the driving video (never replaceable) or an existing file (unless ``overwrite``)."""
+    out, driving = Path(out), Path(driving)
+    if out.exists() and driving.exists() and out.resolve() == driving.resolve():
+        raise CacheError(f"--out {out} is the driving video itself; choose another output file")
+    if out.is_dir():
+        raise CacheError(f"--out {out} is a folder; give a video file name, e.g. {out / 'avatar.mp4'}")
+    if out.exists() and not overwrite:
+        raise CacheError(f"--out {out} exists; pass --overwrite to replace it")
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning animate",
@@ -271,8 +282,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--score", action="store_true",
                         help="then score the transfer (score-transfer: FaceMesh on the driving video and on the "
                              "avatar's frames); writes <out>.transfer.json and .png")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    check_output_video(args.out, args.driving, args.overwrite)
     background = None
     if args.background:
         image = cv2.imread(args.background, cv2.IMREAD_COLOR)

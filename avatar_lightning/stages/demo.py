@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.checkpoints import load_model
 from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array, valid_array
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -97,8 +98,7 @@ def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: Ca
     rows: dict[str, Any] = {"runs": {}, "baselines": {}, "frames": int(len(x)), "frames_scored": int(valid.sum())}
     model = None
     for run in runs:
-        model = Animator.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu",
-                                              weights_only=False).eval()
+        model = load_model(Animator, run / "checkpoints" / "last.ckpt")
         label = json.loads((run / "scores.json").read_text())["label"]
         rows["runs"][label] = error(model.predict_sequence(torch.from_numpy(x)).numpy())
     data = AnimatorDataModule(str(actor.root), features=features)
@@ -196,7 +196,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
 
     def encode() -> None:
         encode_cache(vae, actor, "head_vae")
-        record_latent_source(actor, "head_vae", head_vae_ckpt)
+        record_latent_source(actor, "head_vae", head_vae_ckpt, vae)
         render_cache(CaptureCache(actor_dir), "head_vae", "vae", model=vae, device="cpu")
 
     step("encode + render-mesh", encode)

@@ -15,6 +15,7 @@ import torch
 from rich.progress import Progress
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.checkpoints import load_model, weights_fingerprint
 from datamodules.head import BLEND_WEIGHTS, TEXTURES
 
 STAGE = "encode"
@@ -24,17 +25,8 @@ def load_head_vae(checkpoint: str | Path) -> torch.nn.Module:
     """A trained :class:`HeadVAE` in eval mode on the CPU; a clear error for a missing or foreign file."""
     from avatar_lightning.models.head_vae import HeadVAE
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CacheError(
-            f"head VAE checkpoint {path} does not exist; train one with "
-            "`python -m avatar_lightning fit --config experiments/head_vae.yaml`"
-        )
-    try:
-        model = HeadVAE.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    except (KeyError, RuntimeError, TypeError) as err:
-        raise CacheError(f"{path} is not a HeadVAE checkpoint ({type(err).__name__}: {err})") from None
-    return model.eval()
+    return load_model(HeadVAE, checkpoint,
+                      hint="train one with `python -m avatar_lightning fit --config experiments/head_vae.yaml`")
 
 
 @torch.no_grad()
@@ -42,7 +34,7 @@ def encode_cache(
     model: torch.nn.Module, cache: CaptureCache, name: str, batch_size: int = 64, progress: Progress | None = None
 ) -> np.ndarray:
     """Encode every frame of ``cache``; returns the memory map of the written ``latents/<name>``."""
-    textures, blend = cache.array(TEXTURES), cache.array(BLEND_WEIGHTS)
+    textures, blend = cache.array(TEXTURES), cache.require_finite(BLEND_WEIGHTS)
     if textures.shape[1] != model.hparams.texture_size or blend.shape[1] != model.hparams.num_blend_shapes:
         raise CacheError(
             f"{cache.root}: textures {textures.shape[1]}^2 with {blend.shape[1]} blend shapes, but the "
@@ -60,11 +52,14 @@ def encode_cache(
     return cache.array(f"latents/{name}")
 
 
-def record_latent_source(cache: CaptureCache, name: str, checkpoint: str | Path) -> None:
-    """Remember which head VAE wrote ``latents/<name>``, so the animator's scoring can decode with the same one."""
+def record_latent_source(cache: CaptureCache, name: str, checkpoint: str | Path,
+                         model: torch.nn.Module | None = None) -> None:
+    """Remember which head VAE wrote ``latents/<name>`` (its file and its weights' fingerprint), so the animator's
+    scoring decodes with the same one and ``export`` refuses another."""
+    model = model if model is not None else load_head_vae(checkpoint)
     cache.reload()
     recorded = dict(cache.manifest.meta.get("latents", {}))
-    recorded[name] = {"checkpoint": str(Path(checkpoint).resolve())}
+    recorded[name] = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_fingerprint(model)}
     cache.set_meta(latents=recorded)
 
 
@@ -89,6 +84,6 @@ def main(argv: Sequence[str]) -> int:
     model = load_head_vae(args.ckpt)
     with Progress() as progress:
         latents = encode_cache(model, cache, args.name, args.batch_size, progress)
-    record_latent_source(cache, args.name, args.ckpt)
+    record_latent_source(cache, args.name, args.ckpt, model)
     print(f"wrote latents/{args.name} {list(latents.shape)} to {cache.root}")
     return 0

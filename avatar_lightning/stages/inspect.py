@@ -1,24 +1,70 @@
-"""``python -m avatar_lightning inspect CACHE``: what a capture cache holds, and whether it is sound."""
+"""``python -m avatar_lightning inspect CACHE``: what a capture cache holds, and whether it is sound.
+
+Checks every listed array (its file exists, its header matches the manifest, float arrays hold no NaN or Inf
+where they must not), whether the stage that created the cache finished (``meta.complete``), and what
+interrupted writes left behind. Every problem is listed, then the exit code is 2 if there was any.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from avatar_lightning.cache import CaptureCache
+from avatar_lightning.cache import CacheError, CaptureCache, must_be_finite, nonfinite_rows, producer_of
+
+
+def find_problems(cache: CaptureCache, check_values: bool = True) -> list[str]:
+    """Every problem of ``cache``, one line each (empty: sound)."""
+    problems = []
+    meta = cache.manifest.meta
+    if meta.get("complete") is False:
+        generator = meta.get("generator", "the stage that created it")
+        problems.append(f"incomplete: {generator} did not finish writing this cache (killed or failed); "
+                        f"re-run it (synth, prepare or ingest with the same --out)")
+    for name in cache.names():
+        try:
+            data = cache.array(name)
+        except CacheError as err:
+            problems.append(str(err))
+            continue
+        if check_values and must_be_finite(name, data.dtype):
+            count, first = nonfinite_rows(data)
+            if count:
+                problems.append(f"{name}: {count} of {len(data)} rows hold NaN or Inf (first: row {first}); "
+                                f"re-run {producer_of(name)}")
+    return problems
+
+
+def leftovers(cache: CaptureCache) -> list[Path]:
+    """Temporary files of interrupted writes inside the cache, and unfinished staging folders beside it."""
+    inside = sorted(cache.root.rglob(".*.tmp"))
+    beside = sorted(p for p in cache.root.parent.glob(f".{cache.root.name}.*") if p.is_dir())
+    return [*inside, *beside]
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning inspect",
-        description="Summarise a capture cache and check every listed array's file against the manifest.",
+        description="Summarise a capture cache and check every listed array's file against the manifest "
+                    "(and its values for NaN/Inf); exit code 2 if anything is wrong.",
     )
     parser.add_argument("cache", help="capture cache folder")
     parser.add_argument("--no-check", action="store_true", help="skip opening every array file")
     args = parser.parse_args(argv)
     cache = CaptureCache(args.cache)
-    if not args.no_check:
-        for name in cache.names():
-            cache.array(name)  # raises CacheError naming the file if its header disagrees
     print(cache.describe())
+    if args.no_check:
+        return 0
+    problems = find_problems(cache)
+    left = leftovers(cache)
+    if left:
+        print("left by interrupted runs (not part of the cache; safe to delete):")
+        print("\n".join(f"  {path}" for path in left))
+    if problems:
+        print(f"error: {len(problems)} problem(s) in {cache.root}:", file=sys.stderr)
+        print("\n".join(f"  {line}" for line in problems), file=sys.stderr)
+        return 2
+    print("every listed array checked: sound")
     return 0

@@ -43,7 +43,7 @@ def render_name(run: str, camera: str) -> str:
 def _texture_source(cache: CaptureCache, source: TextureSource, model: torch.nn.Module | None,
                     latents: str | None, device: torch.device) -> Callable[[int, int], Tensor]:
     """A function ``(start, stop) -> (B, T, T, 3)`` UV textures in [0, 1] for those frames."""
-    textures, blend = cache.array(TEXTURES), cache.array(BLEND_WEIGHTS)
+    textures, blend = cache.array(TEXTURES), cache.require_finite(BLEND_WEIGHTS)
 
     def tracked(start: int, stop: int) -> Tensor:
         return torch.from_numpy(np.array(textures[start:stop])).to(device).float() / 255  # (B, T, T, 3)
@@ -55,7 +55,7 @@ def _texture_source(cache: CaptureCache, source: TextureSource, model: torch.nn.
     if source == "latents":
         if not latents:
             raise CacheError("--textures latents needs --latents RUN (the latents/<RUN> array)")
-        z_all = cache.array(f"latents/{latents}")
+        z_all = cache.require_finite(f"latents/{latents}")
 
         def decoded(start: int, stop: int) -> Tensor:
             z = torch.from_numpy(np.array(z_all[start:stop])).to(device)
@@ -99,7 +99,7 @@ def render_cache(
         model = model.to(device).eval()
     texture_of = _texture_source(cache, source, model, latents, device)
     mesh = load_template(cache).to(device)
-    pose, blend = cache.array(POSE), cache.array(BLEND_WEIGHTS)
+    pose, blend = cache.require_finite(POSE), cache.require_finite(BLEND_WEIGHTS)
     settings = RasterSettings()
     rasterizer = get_rasterizer(settings.backend, device)
     n = cache.num_frames

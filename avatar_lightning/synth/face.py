@@ -141,7 +141,10 @@ def detect_landmarks(image: np.ndarray) -> np.ndarray | None:
     import mediapipe as mp
 
     height, width = image.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as mesh:
+    from avatar_lightning.quiet import native_stderr_filtered
+
+    with native_stderr_filtered(), mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=False) as mesh:
         result = mesh.process(np.ascontiguousarray(image))
     if not result.multi_face_landmarks:
         return None

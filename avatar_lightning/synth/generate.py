@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -12,7 +13,14 @@ import numpy as np
 import torch
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache, SequenceRecord
+from avatar_lightning.cache import (
+    CacheError,
+    CameraRecord,
+    CaptureCache,
+    SequenceRecord,
+    commit_staging,
+    staging_folder,
+)
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.performance import generate_performance
 from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_identity, wall_texture
@@ -117,13 +125,16 @@ def generate(
     if (out / "manifest.json").exists():
         try:
             existing = CaptureCache(out)
-            same = {k: existing.manifest.meta.get(k) for k in meta} == meta and existing.manifest.meta.get("complete")
+            same = {k: existing.manifest.meta.get(k) for k in meta} == meta
+            complete = bool(existing.manifest.meta.get("complete"))
         except CacheError:
-            same = False
-        if same and not overwrite:
+            same = complete = False
+        if same and complete and not overwrite:
             return existing
-        if not overwrite:
-            raise CacheError(f"{out} already holds a different capture cache; pass --overwrite to replace it")
+        # An unfinished cache of the same settings (a run killed by an older version) is simply made again.
+        if not overwrite and not (same and not complete):
+            state = "a different" if complete else "an unfinished, different"
+            raise CacheError(f"{out} already holds {state} capture cache; pass --overwrite to replace it")
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise CacheError(f"{out} is not empty and holds no capture cache; choose an empty folder or pass --overwrite")
 
@@ -148,72 +159,79 @@ def generate(
         CameraRecord(name=name, **{k: v for k, v in record.items() if k != "name"})
         for name, record in zip(camera_names, cameras.as_dicts(), strict=True)
     ]
-    cache = CaptureCache.create(
-        out,
-        fps=config.fps,
-        num_frames=num_frames,
-        sequences=sequences,
-        cameras=records,
-        meta={**meta, "complete": False, "preset_config": asdict(config), "blend_shapes": list(BLEND_SHAPE_NAMES)},
-        overwrite=overwrite,
-    )
+    # Built in a hidden folder beside `out` and renamed into place when complete: a killed run leaves the
+    # previous cache (if any) as it was, never a half-written one at `out`.
+    staging = staging_folder(out, STAGE)
+    try:
+        cache = CaptureCache.create(
+            staging,
+            fps=config.fps,
+            num_frames=num_frames,
+            sequences=sequences,
+            cameras=records,
+            meta={**meta, "complete": False, "preset_config": asdict(config), "blend_shapes": list(BLEND_SHAPE_NAMES)},
+        )
 
-    face = person.face
-    cache.write_array("template/vertices", face.vertices.numpy(), stage=STAGE)
-    cache.write_array("template/triangles", face.triangles.numpy(), stage=STAGE)
-    cache.write_array("template/uvs", face.uvs.numpy(), stage=STAGE)
-    cache.write_array("template/uv_triangles", face.uv_faces.numpy(), stage=STAGE)
-    cache.write_array("template/blend_basis", face.blend_basis.numpy(), stage=STAGE)
-    for name, array in (("pose", pose), ("blend_weights", blend_weights)):
-        cache.write_array(f"tracking/{name}", array, stage=STAGE, per_frame=True)
-        cache.write_array(f"truth/{name}", array, stage=STAGE, per_frame=True)
+        face = person.face
+        cache.write_array("template/vertices", face.vertices.numpy(), stage=STAGE)
+        cache.write_array("template/triangles", face.triangles.numpy(), stage=STAGE)
+        cache.write_array("template/uvs", face.uvs.numpy(), stage=STAGE)
+        cache.write_array("template/uv_triangles", face.uv_faces.numpy(), stage=STAGE)
+        cache.write_array("template/blend_basis", face.blend_basis.numpy(), stage=STAGE)
+        for name, array in (("pose", pose), ("blend_weights", blend_weights)):
+            cache.write_array(f"tracking/{name}", array, stage=STAGE, per_frame=True)
+            cache.write_array(f"truth/{name}", array, stage=STAGE, per_frame=True)
 
-    size, chunk = config.texture_size, config.chunk
-    with cache.array_writer(
-        "tracking/textures", (num_frames, size, size, 3), np.uint8, stage=STAGE, per_frame=True
-    ) as textures:
-        for start in range(0, num_frames, chunk):
-            stop = min(start + chunk, num_frames)
-            textures[start:stop] = np.round(person.texture.render(blend_weights[start:stop]) * 255).astype(np.uint8)
-            if progress:
-                progress("textures", stop, num_frames)
-        textures.flush()
-        texture_map = textures  # rendered from the stored uint8 textures, so the cache reproduces its frames
+        size, chunk = config.texture_size, config.chunk
+        with cache.array_writer(
+            "tracking/textures", (num_frames, size, size, 3), np.uint8, stage=STAGE, per_frame=True
+        ) as textures:
+            for start in range(0, num_frames, chunk):
+                stop = min(start + chunk, num_frames)
+                textures[start:stop] = np.round(person.texture.render(blend_weights[start:stop]) * 255).astype(np.uint8)
+                if progress:
+                    progress("textures", stop, num_frames)
+            textures.flush()
+            texture_map = textures  # rendered from the stored uint8 textures, so the cache reproduces its frames
 
-        plates = (renderer.clean_plates.numpy() * 255).round().astype(np.uint8)
-        noise_rng = np.random.default_rng([seed, identity, 99])
-        for c, name in enumerate(camera_names):
-            plate_noise = noise_rng.normal(0, config.noise / 4, plates[c].shape)
-            cache.write_array(
-                f"cameras/{name}/clean_plate",
-                np.clip(plates[c] + plate_noise, 0, 255).round().astype(np.uint8),
-                stage=STAGE,
-            )
-            shape = (num_frames, config.height, config.width)
-            with (
-                cache.array_writer(
-                    f"cameras/{name}/frames", (*shape, 3), np.uint8, stage=STAGE, per_frame=True
-                ) as frames,
-                cache.array_writer(f"truth/{name}/foreground", shape, np.uint8, stage=STAGE, per_frame=True) as masks,
-            ):
-                for start in range(0, num_frames, chunk):
-                    stop = min(start + chunk, num_frames)
-                    with torch.no_grad():
-                        image, mask = renderer.render(
-                            torch.from_numpy(blend_weights[start:stop]),
-                            torch.from_numpy(pose[start:stop]),
-                            torch.from_numpy(np.asarray(texture_map[start:stop], np.float32) / 255),
-                            c,
-                        )
-                    noisy = image.numpy() * 255 + noise_rng.normal(0, config.noise, image.shape)
-                    frames[start:stop] = np.clip(noisy, 0, 255).round().astype(np.uint8)
-                    masks[start:stop] = (mask.numpy() * 255).round().astype(np.uint8)
-                    if progress:
-                        progress(f"camera {name}", stop, num_frames)
-    if previews:
-        from avatar_lightning.synth.preview import write_previews
+            plates = (renderer.clean_plates.numpy() * 255).round().astype(np.uint8)
+            noise_rng = np.random.default_rng([seed, identity, 99])
+            for c, name in enumerate(camera_names):
+                plate_noise = noise_rng.normal(0, config.noise / 4, plates[c].shape)
+                cache.write_array(
+                    f"cameras/{name}/clean_plate",
+                    np.clip(plates[c] + plate_noise, 0, 255).round().astype(np.uint8),
+                    stage=STAGE,
+                )
+                shape = (num_frames, config.height, config.width)
+                with (
+                    cache.array_writer(
+                        f"cameras/{name}/frames", (*shape, 3), np.uint8, stage=STAGE, per_frame=True
+                    ) as frames,
+                    cache.array_writer(f"truth/{name}/foreground", shape, np.uint8, stage=STAGE,
+                                       per_frame=True) as masks,
+                ):
+                    for start in range(0, num_frames, chunk):
+                        stop = min(start + chunk, num_frames)
+                        with torch.no_grad():
+                            image, mask = renderer.render(
+                                torch.from_numpy(blend_weights[start:stop]),
+                                torch.from_numpy(pose[start:stop]),
+                                torch.from_numpy(np.asarray(texture_map[start:stop], np.float32) / 255),
+                                c,
+                            )
+                        noisy = image.numpy() * 255 + noise_rng.normal(0, config.noise, image.shape)
+                        frames[start:stop] = np.clip(noisy, 0, 255).round().astype(np.uint8)
+                        masks[start:stop] = (mask.numpy() * 255).round().astype(np.uint8)
+                        if progress:
+                            progress(f"camera {name}", stop, num_frames)
+        if previews:
+            from avatar_lightning.synth.preview import write_previews
 
-        paths = write_previews(cache, camera_names)
-        cache.set_meta(previews=[str(p.relative_to(cache.root)) for p in paths])
-    cache.set_meta(complete=True, seconds_to_generate=round(time.perf_counter() - started, 1))
-    return cache
+            paths = write_previews(cache, camera_names)
+            cache.set_meta(previews=[str(p.relative_to(cache.root)) for p in paths])
+        cache.set_meta(complete=True, seconds_to_generate=round(time.perf_counter() - started, 1))
+        commit_staging(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CaptureCache(out)
