@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +147,18 @@ def _progress_bar_wanted(trainer_config: dict[str, Any]) -> bool:
     return trainer_config.get("enable_progress_bar", True) is not False
 
 
+def _with_atomic_checkpoints(plugins: Any) -> Any:
+    """The trainer's plugins plus :class:`AtomicCheckpointIO`, unless a checkpoint writer was chosen already."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    from callbacks.resume import AtomicCheckpointIO
+
+    listed = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in listed):
+        return plugins
+    return [*listed, AtomicCheckpointIO()]
+
+
 def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     """Construct the project's LightningCLI; ``run=False`` only parses and instantiates (used by tests)."""
     from lightning.pytorch import LightningDataModule, LightningModule
@@ -177,6 +191,7 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             if not any(isinstance(c, FlushLogsWithCheckpoint) for c in callbacks):
                 extra.append(FlushLogsWithCheckpoint())
             config["logger"] = _with_csv_logger(config.get("logger"), config.get("default_root_dir") or "runs")
+            config["plugins"] = _with_atomic_checkpoints(config.get("plugins"))
             return self._instantiate_trainer(config, extra)
 
         def _check_ckpt_path(self) -> str | None:
@@ -250,6 +265,12 @@ def _report(err: BaseException) -> int:
     if isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
         where = f": {err.filename}" if err.filename else ""
         print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    if isinstance(err, pickle.UnpicklingError):  # e.g. Lightning's own torch.load(weights_only=True) of --ckpt_path
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        names = f" (it names {found.group(1)})" if found else ""
+        print(f"error: refused to load a checkpoint holding pickled Python objects{names}: unpickling it could run "
+              "code; use a checkpoint written by `python -m avatar_lightning fit`", file=sys.stderr)
         return 2
     message = str(err).strip() or "(no message)"
     print(f"error: {type(err).__name__}: {message}\n{DEBUG_HINT}", file=sys.stderr)

@@ -1,45 +1,116 @@
 """What a killed fit needs to resume as if it had never stopped, beyond what Lightning restores.
 
-Random-number state in the checkpoint, so a resumed fit draws what the unkilled run would have drawn.
-
 Lightning restores weights, optimisers, schedulers and loop counters from ``last.ckpt`` but not the global RNGs:
 after a resume the head VAE's reparameterisation noise (and any dropout) would differ from the run it continues.
 This callback's state (torch CPU and CUDA, NumPy, Python ``random``) is saved with every checkpoint and put
-back when one is loaded. And the loggers are flushed whenever a checkpoint is written, so a SIGKILL loses no
-logged metric the checkpoint covers (CSVLogger otherwise writes every 100 steps).
+back when training restarts. Saving it is not enough on its own: validation draws from the same generators
+(the loader's seed, any sampling in a validation step) and a resumed fit validates once more before training
+(the sanity check), so the two runs' training streams would part after the first validation. Validation is
+therefore isolated: the generators are put back, at its end, to where the last training batch left them.
+
+Besides: the loggers are flushed whenever a checkpoint is written, so a SIGKILL loses no logged metric the
+checkpoint covers (CSVLogger otherwise writes every 100 steps), and checkpoints are written whole or not at all.
 """
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 
 class RNGStateCheckpoint(Callback):
-    """Save and restore the global random-number generators with the checkpoint."""
+    """Save and restore the global random-number generators with the checkpoint; keep validation out of them."""
+
+    def __init__(self) -> None:
+        self._training_state: dict[str, Any] | None = None  # where the last training batch left the generators
+        self._loaded_state: dict[str, Any] | None = None  # from the checkpoint, put back as training starts
 
     @property
     def state_key(self) -> str:
         return "RNGStateCheckpoint"
 
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._training_state = _capture()  # a few microseconds: three small copies
+
+    def on_sanity_check_start(self, *args: Any) -> None:
+        self._training_state = _capture()
+
+    def on_validation_end(self, *args: Any) -> None:
+        # callbacks run before the ModelCheckpoint (Lightning orders it last), so the checkpoint written at the
+        # end of this validation holds the training stream
+        if self._training_state is not None:
+            _restore(self._training_state)
+
+    def on_train_start(self, *args: Any) -> None:
+        if self._loaded_state is not None:
+            _restore(self._loaded_state)
+            self._loaded_state = None
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        return _capture()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, np.asarray(keys).astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
-        version, internal, gauss_next = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        self._loaded_state = state_dict
+
+
+def _capture() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state_dict: dict[str, Any]) -> None:
+    torch.set_rng_state(state_dict["torch"])
+    if "cuda" in state_dict and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state_dict["cuda"])
+    kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+    np.random.set_state((kind, np.asarray(keys).astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state_dict["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files that appear whole or not at all.
+
+    Lightning writes ``last.ckpt`` in place: a fit killed while it is being rewritten leaves a truncated file
+    and nothing to resume from. Here the bytes go to a hidden ``.<name>.partial`` beside it and are renamed
+    over it once complete (a rename within a folder is atomic), so the previous checkpoint survives a kill.
+    Remote paths (``s3://`` and the like) keep Lightning's own writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every validation, improved or not, and when training ends: what a resume needs.
+
+    A monitored ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when its metric improves (a
+    killed fit would resume from an older step), and at the end of training only if it never wrote one (the
+    steps after the last validation would be lost). This one keeps exactly one file, ``last.ckpt``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"filename": "last", "enable_version_counter": False, **kwargs})
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.dirpath is not None and self._last_global_step_saved != trainer.global_step:
+            trainer.save_checkpoint(str(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}"))
+            self._last_global_step_saved = trainer.global_step
 
 
 class FlushLogsWithCheckpoint(Callback):

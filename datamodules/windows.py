@@ -80,6 +80,15 @@ class ResumableDataLoader(DataLoader):
         sampler = getattr(self.sampler, "sampler", self.sampler)  # the animator wraps it in a batch sampler
         return sampler if isinstance(sampler, ResumableShuffle) else None
 
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        # DataLoader draws its workers' base seed from the *global* torch generator each time an iterator is
+        # made; a fit resumed mid-epoch makes one the unkilled run did not, which would shift every random draw
+        # after it. Its own generator, a function of (seed, epoch), keeps the global stream out of it.
+        shuffle = self._shuffle()
+        if shuffle is not None:
+            self.generator = torch.Generator().manual_seed(shuffle.seed * 1_000_003 + shuffle.epoch)
+        return super().__iter__()
+
     def state_dict(self) -> dict[str, int]:
         shuffle = self._shuffle()
         return {} if shuffle is None else {"seed": shuffle.seed, "size": shuffle.size}

@@ -14,35 +14,10 @@ from avatar_lightning.avatar import Avatar, export_avatar, load_avatar
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main as cli_main
 from avatar_lightning.features.head_pose import HeadRotationTracker
-from avatar_lightning.models.animator import Animator
-from avatar_lightning.models.head_vae import HeadVAE
-from avatar_lightning.models.rerender import Rerenderer
 from avatar_lightning.stages.animate import AvatarRenderer, animate_video, orbit_cameras
 from avatar_lightning.video import count_frames, probe_video, write_video
+from tests.conftest import AVATAR_LATENT_DIM as LATENT_DIM
 from tests.features_fixtures import blank, face_image, moving_face_frames, rotate_scale
-from tests.helpers import save_lightning_checkpoint
-
-LATENT_DIM = 8
-
-
-@pytest.fixture(scope="module")
-def avatar_dir(synthetic_tiny: CaptureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from avatar_lightning.stages.features import extract_features
-
-    work = tmp_path_factory.mktemp("avatar")
-    root = work / "actor"
-    shutil.copytree(synthetic_tiny.root, root)
-    extract_features(root, "mediapipe", relative="sequence", batch_size=32, progress=False)
-    cache = CaptureCache(root)
-    torch.manual_seed(0)
-    texture = cache.record("tracking/textures").shape[1]
-    blend = cache.record("tracking/blend_weights").shape[1]
-    vae = save_lightning_checkpoint(HeadVAE(texture_size=texture, num_blend_shapes=blend, latent_dim=LATENT_DIM,
-                                            width=4, perceptual_weight=0.0, adversarial_weight=0.0), work / "vae.ckpt")
-    rerender = save_lightning_checkpoint(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
-    animator = save_lightning_checkpoint(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
-                              latent_dim=LATENT_DIM), work / "animator.ckpt")
-    return export_avatar(cache, work / "avatar", vae, rerender, animator)
 
 
 @pytest.fixture

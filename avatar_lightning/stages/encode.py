@@ -45,8 +45,8 @@ def encode_cache(
     with cache.array_writer(f"latents/{name}", (n, latent_dim), np.float32, stage=STAGE, per_frame=True) as out:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            texture = torch.from_numpy(np.asarray(textures[start:stop])).permute(0, 3, 1, 2).float() / 255
-            out[start:stop] = model.encode(texture, torch.from_numpy(np.asarray(blend[start:stop]))).numpy()
+            texture = torch.from_numpy(np.array(textures[start:stop])).permute(0, 3, 1, 2).float() / 255
+            out[start:stop] = model.encode(texture, torch.from_numpy(np.array(blend[start:stop]))).numpy()
             if progress:
                 progress.update(task, completed=stop)
     return cache.array(f"latents/{name}")
