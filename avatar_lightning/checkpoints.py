@@ -74,4 +74,3 @@ def checkpoint_entry(path: str | Path, key: str) -> Any:
         return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True).get(key)
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, zipfile.BadZipFile) as err:
         raise CacheError(f"{path}: cannot read its {key!r} ({type(err).__name__})") from None
-
