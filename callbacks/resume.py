@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,52 +30,78 @@ class RNGStateCheckpoint(Callback):
     """Save and restore the global random-number generators with the checkpoint; keep validation out of them."""
 
     def __init__(self) -> None:
-        self._training_state: dict[str, Any] | None = None  # where the last training batch left the generators
-        self._loaded_state: dict[str, Any] | None = None  # from the checkpoint, put back as training starts
+        self._training_state: _Generators | None = None  # where the last training batch left the generators
+        self._loaded_state: _Generators | None = None  # from the checkpoint, put back as training starts
 
     @property
     def state_key(self) -> str:
         return "RNGStateCheckpoint"
 
     def on_train_batch_end(self, *args: Any) -> None:
-        self._training_state = _capture()  # a few microseconds: three small copies
+        self._training_state = _Generators.capture()  # three small copies, no conversion: microseconds
 
     def on_sanity_check_start(self, *args: Any) -> None:
-        self._training_state = _capture()
+        self._training_state = _Generators.capture()
 
     def on_validation_end(self, *args: Any) -> None:
         # callbacks run before the ModelCheckpoint (Lightning orders it last), so the checkpoint written at the
         # end of this validation holds the training stream
         if self._training_state is not None:
-            _restore(self._training_state)
+            self._training_state.restore()
 
     def on_train_start(self, *args: Any) -> None:
         if self._loaded_state is not None:
-            _restore(self._loaded_state)
+            self._loaded_state.restore()
             self._loaded_state = None
 
     def state_dict(self) -> dict[str, Any]:
-        return _capture()
+        return _Generators.capture().to_checkpoint()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._loaded_state = state_dict
+        self._loaded_state = _Generators.from_checkpoint(state_dict)
 
 
-def _capture() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass(frozen=True)
+class _Generators:
+    """The global generators' states as their libraries return them."""
 
+    torch: torch.Tensor
+    numpy: tuple[Any, ...]
+    python: tuple[Any, ...]
+    cuda: list[torch.Tensor] | None = None
 
-def _restore(state_dict: dict[str, Any]) -> None:
-    torch.set_rng_state(state_dict["torch"])
-    if "cuda" in state_dict and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state_dict["cuda"])
-    kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-    np.random.set_state((kind, np.asarray(keys).astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
-    version, internal, gauss_next = state_dict["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    @classmethod
+    def capture(cls) -> _Generators:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), np.random.get_state(), random.getstate(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.cuda)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads them."""
+        kind, keys, pos, has_gauss, gauss = self.numpy
+        version, internal, gauss_next = self.python
+        state: dict[str, Any] = {
+            "torch": self.torch,
+            "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                      float(gauss)],
+            "python": [version, list(internal), gauss_next],
+        }
+        if self.cuda is not None:
+            state["cuda"] = self.cuda
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> _Generators:
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        version, internal, gauss_next = state["python"]
+        return cls(state["torch"], (kind, np.asarray(keys).astype(np.uint32), int(pos), int(has_gauss), float(gauss)),
+                   (version, tuple(internal), gauss_next), state.get("cuda"))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -108,9 +135,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_end(trainer, pl_module)
-        if self.dirpath is not None and self._last_global_step_saved != trainer.global_step:
-            trainer.save_checkpoint(str(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}"))
-            self._last_global_step_saved = trainer.global_step
+        if not self._should_skip_saving_checkpoint(trainer):  # Lightning's own rule: not twice for one step
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class FlushLogsWithCheckpoint(Callback):
@@ -120,13 +146,3 @@ class FlushLogsWithCheckpoint(Callback):
         for logger in trainer.loggers:
             logger.save()
 
-
-def _numpy_state() -> list[Any]:
-    """NumPy's legacy global state as plain values and a tensor (``torch.load(weights_only=True)`` reads them)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)]
-
-
-def _python_state() -> list[Any]:
-    version, internal, gauss_next = random.getstate()
-    return [version, list(internal), gauss_next]

@@ -46,8 +46,12 @@ class ResumableShuffle(Sampler[int]):
         self.epoch, self._skip_batches = int(epoch), int(batches_done)
 
     def order(self, epoch: int) -> list[int]:
-        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(seed)).tolist()
+        return torch.randperm(self.size, generator=self.generator(epoch)).tolist()
+
+    def generator(self, epoch: int, *stream: int) -> torch.Generator:
+        """A torch generator that is a pure function of ``(seed, epoch, *stream)``."""
+        seed = int(np.random.SeedSequence([self.seed, epoch, *stream]).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator().manual_seed(seed)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         skip, self._skip_batches = self._skip_batches * self.batch_size, 0
@@ -86,7 +90,7 @@ class ResumableDataLoader(DataLoader):
         # after it. Its own generator, a function of (seed, epoch), keeps the global stream out of it.
         shuffle = self._shuffle()
         if shuffle is not None:
-            self.generator = torch.Generator().manual_seed(shuffle.seed * 1_000_003 + shuffle.epoch)
+            self.generator = shuffle.generator(shuffle.epoch, 1)  # stream 1: the order is stream 0
         return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
