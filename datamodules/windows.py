@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, PageBudget, SequenceRecord
 
 
 def window_starts(sequences: Sequence[SequenceRecord], window: int, stride: int = 1) -> np.ndarray:
@@ -139,12 +139,13 @@ class CacheWindowDataset(Dataset):
                 raise CacheError(f"{self.root}: array {name!r} (batch key {key!r}) is not per-frame")
             cache.require_finite(name)  # header against the manifest, and no NaN/Inf to train on, once up front
         self._maps: dict[str, np.ndarray] = {}
+        self._pages = PageBudget()  # a long capture read through its maps would otherwise stay resident
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_maps": {}}
+        return {**self.__dict__, "_maps": {}, "_pages": PageBudget()}
 
     def _map(self, name: str) -> np.ndarray:
         if name not in self._maps:
@@ -154,7 +155,11 @@ class CacheWindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         start = int(self.starts[index])
         stop = start + self.window
-        item = {key: torch.from_numpy(np.array(self._map(name)[start:stop])) for key, name in self.arrays.items()}
+        item = {}
+        for key, name in self.arrays.items():
+            rows = np.array(self._map(name)[start:stop])
+            self._pages.charge(self._map(name), rows.nbytes)
+            item[key] = torch.from_numpy(rows)
         item["frame_index"] = torch.arange(start, stop, dtype=torch.int64)
         return item
 

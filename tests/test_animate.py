@@ -75,6 +75,22 @@ def test_animate_scores_its_own_transfer(avatar_dir: Path, driving_video: Path, 
     assert "mouth_open" in capsys.readouterr().out
 
 
+def test_a_large_driving_video_is_ingested_at_a_bounded_size(avatar_dir: Path, tmp_path: Path) -> None:
+    """Only the face crop and the side-by-side panel use the frames: 4K or 1080p would cost disk, not quality."""
+    frames = np.concatenate([moving_face_frames(6, size=96), np.zeros((6, 96, 64, 3), np.uint8)], axis=2)
+    video = write_video(tmp_path / "wide.mp4", frames, fps=25.0)  # 160 x 96
+    avatar = load_avatar(avatar_dir)
+    animate_video(video, avatar, tmp_path / "small.mp4", work=tmp_path / "small", show_progress=False,
+                  driving_size=80)
+    assert CaptureCache(tmp_path / "small" / "driving").record("cameras/video/frames").shape == (6, 48, 80, 3)
+    animate_video(video, avatar, tmp_path / "full.mp4", work=tmp_path / "full", show_progress=False,
+                  driving_size=160)  # never scaled up or down when it fits
+    assert CaptureCache(tmp_path / "full" / "driving").record("cameras/video/frames").shape == (6, 96, 160, 3)
+    with pytest.raises(SystemExit):
+        cli_main(["animate", "--driving", str(video), "--avatar", str(avatar_dir), "--out", str(tmp_path / "x.mp4"),
+                  "--driving-size", "8"])
+
+
 def test_animate_command_orbits(avatar_dir: Path, driving_video: Path, tmp_path: Path) -> None:
     out = tmp_path / "orbit.mp4"
     code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),

@@ -21,10 +21,12 @@ from avatar_lightning.cache import (
     CacheError,
     CameraRecord,
     CaptureCache,
+    PageBudget,
     SequenceRecord,
+    release_pages,
 )
 from tests.conftest import REPO_ROOT
-from tests.helpers import FEATURES, LATENTS, tiny_camera, tiny_sequences
+from tests.helpers import FEATURES, LATENTS, make_tiny_cache, tiny_camera, tiny_sequences
 
 
 def test_round_trip(tiny_cache: CaptureCache) -> None:
@@ -255,3 +257,43 @@ def test_files_get_the_usual_permissions(tiny_cache: CaptureCache) -> None:
 def test_no_temporary_files_left_behind(tiny_cache: CaptureCache) -> None:
     leftovers = [p for p in tiny_cache.root.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def _resident_file_mib() -> float:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["RssFile"].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads Linux's /proc")
+def test_released_pages_leave_the_resident_set_and_keep_the_data(tmp_path: Path) -> None:
+    """Streaming a long capture through its memory maps must not keep it resident (animate's flat RSS)."""
+    cache = make_tiny_cache(tmp_path / "cache")
+    rows = np.arange(cache.num_frames * 2**18, dtype=np.float32).reshape(cache.num_frames, -1)  # 60 MiB
+    with cache.array_writer("big", rows.shape, rows.dtype, stage="test", per_frame=True) as out:
+        for start in range(0, len(rows), 4):
+            out[start : start + 4] = rows[start : start + 4]
+            release_pages(out)  # written pages flushed before they are dropped: nothing may be lost
+    mapped = cache.array("big")
+    before = _resident_file_mib()
+    assert float(mapped[:, ::1024].sum(dtype=np.float64)) == float(rows[:, ::1024].sum(dtype=np.float64))
+    touched = _resident_file_mib()
+    release_pages(mapped[10:20])  # a view reaches the map it came from
+    after = _resident_file_mib()
+    assert touched - before > 48 and touched - after > 48, (before, touched, after)
+    np.testing.assert_array_equal(mapped, rows)  # faulted back in from disk
+    release_pages(rows)  # an in-memory array: nothing to do
+
+
+def test_a_page_budget_releases_once_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import avatar_lightning.cache as cache_module
+
+    released: list[int] = []
+    monkeypatch.setattr(cache_module, "release_pages", lambda array: released.append(id(array)))
+    first, second = np.zeros(10), np.zeros(10)
+    budget = PageBudget(budget=100)
+    budget.charge(first, 60)
+    assert released == []
+    budget.charge(second, 60)
+    assert sorted(released) == sorted([id(first), id(second)])
+    budget.charge(first, 60)
+    assert len(released) == 2 and budget.spent == 60

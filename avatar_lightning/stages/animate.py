@@ -32,17 +32,21 @@ from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 from avatar_lightning.avatar import Avatar, load_avatar
-from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
+from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache, release_pages
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
-from avatar_lightning.video import VideoWriter
+from avatar_lightning.video import VideoWriter, probe_video
 
 PoseSource = Literal["fixed", "driving"]
 Expression = Literal["animator", "retarget"]
 ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
 ORBIT_SECONDS = 4.0  # one swing left and back
+# The driving video is ingested with its longer side at most this many pixels: the extractors crop the face and
+# resize it to 192-224 px, and the side-by-side panel is scaled to the avatar's height, so full 1080p or 4K
+# frames would only cost disk (10 min of 1080p at 30 fps is 112 GB of raw frames; at 720: 16 GB).
+DRIVING_MAX_SIDE = 720
 
 
 def frames_array(cache: CaptureCache) -> str:
@@ -206,7 +210,9 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     with VideoWriter(out, fps=driving.fps) as writer:
         for first, z in stream_latents(avatar, features, chunk):
             index = list(range(first, first + len(z)))
-            source = np.asarray(frames[first : first + len(z)]) if frames is not None else None
+            source = np.array(frames[first : first + len(z)]) if frames is not None else None
+            if frames is not None:
+                release_pages(frames)  # keep RSS flat in the driving video's length
             rotations = head(source) if head is not None else None
             blend = (torch.from_numpy(np.array(retarget[first : first + len(z)], np.float32))
                      if retarget is not None else None)
@@ -225,8 +231,12 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
 def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str | Path | None = None,
                   camera: str | None = None, orbit: bool = False, with_driving: bool = False,
                   background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True,
-                  pose: PoseSource = "fixed", expression: Expression = "animator") -> AnimationReport:
-    """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``."""
+                  pose: PoseSource = "fixed", expression: Expression = "animator",
+                  driving_size: int = DRIVING_MAX_SIDE) -> AnimationReport:
+    """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``.
+
+    Frames whose longer side exceeds ``driving_size`` are scaled down on ingest (see ``DRIVING_MAX_SIDE``).
+    """
     from avatar_lightning.stages.features import extract_features
     from avatar_lightning.stages.ingest import ingest_video
 
@@ -234,7 +244,9 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
         root = Path(work) if work else Path(temporary)
         cache_dir = root / "driving"
         if not (cache_dir / "manifest.json").is_file():
-            ingest_video(video, cache_dir, overwrite=True)
+            info = probe_video(video)
+            size = driving_size if max(info.width, info.height) > driving_size else None
+            ingest_video(video, cache_dir, size=size, overwrite=True)
         if not CaptureCache(cache_dir).has(feature_array(avatar.features)):
             # Lightning's own progress bar runs here: one live display at a time, so ours starts after.
             extract_features(cache_dir, avatar.extractor, relative=avatar.relative, progress=show_progress)
@@ -279,12 +291,16 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
     parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
     parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
+    parser.add_argument("--driving-size", type=int, default=DRIVING_MAX_SIDE, metavar="PIXELS",
+                        help="scale larger driving frames down to this longer side on ingest (default: %(default)s)")
     parser.add_argument("--score", action="store_true",
                         help="then score the transfer (score-transfer: FaceMesh on the driving video and on the "
                              "avatar's frames); writes <out>.transfer.json and .png")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.driving_size < 64:
+        parser.error(f"--driving-size must be at least 64 pixels, got {args.driving_size}")
     check_output_video(args.out, args.driving, args.overwrite)
     background = None
     if args.background:
@@ -294,7 +310,8 @@ def main(argv: Sequence[str]) -> int:
         background = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     avatar = load_avatar(args.avatar)
     report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
-                           background, args.chunk, not args.no_progress, args.pose, args.expression)
+                           background, args.chunk, not args.no_progress, args.pose, args.expression,
+                           args.driving_size)
     faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "

@@ -32,6 +32,7 @@ from avatar_lightning.cache import (
     SequenceRecord,
     check_output_folder,
     commit_staging,
+    release_pages,
     staging_folder,
 )
 from avatar_lightning.video import VideoError, count_frames, iter_frames, probe_video
@@ -129,6 +130,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
                 buffer.append(image)
                 if len(buffer) == chunk:
                     frames[written : written + chunk] = np.stack(buffer)
+                    release_pages(frames)  # keep RSS flat in the video's length
                     written += chunk
                     buffer.clear()
                     report("write frames", written, num_frames)
