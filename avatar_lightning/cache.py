@@ -309,7 +309,6 @@ def commit_staging(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-
 def release_pages(array: np.ndarray) -> None:
     """Drop the pages of the memory map behind ``array`` from this process's resident set (in-memory arrays: no-op).
 
@@ -340,6 +339,7 @@ class PageBudget:
                 release_pages(mapped)
             self.arrays.clear()
             self.spent = 0
+
 
 class CaptureCache:
     """Read and write a capture cache folder.

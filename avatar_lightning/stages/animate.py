@@ -210,8 +210,9 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     with VideoWriter(out, fps=driving.fps) as writer:
         for first, z in stream_latents(avatar, features, chunk):
             index = list(range(first, first + len(z)))
-            source = np.array(frames[first : first + len(z)]) if frames is not None else None
+            source = None
             if frames is not None:
+                source = np.array(frames[first : first + len(z)])
                 release_pages(frames)  # keep RSS flat in the driving video's length
             rotations = head(source) if head is not None else None
             blend = (torch.from_numpy(np.array(retarget[first : first + len(z)], np.float32))
