@@ -5,8 +5,13 @@ more, and writes H.264 mp4. Frames are RGB ``(H, W, 3) uint8``. Decoding is stre
 memory stays flat in the video's length; writing is atomic (a temporary file renamed into place).
 
 Every problem with an input file is a :class:`VideoError` (a ``CacheError``, so the CLI prints it cleanly):
-a missing or unreadable path, a file that is not a video, a corrupt stream, or a truncated file (fewer frames
-decoded than its header promises).
+a missing, empty or unreadable path, a file that is not a video (a still image renamed ``.mp4`` included), a
+corrupt stream, or a truncated file (fewer frames decoded than its header promises).
+
+Frames come out at one constant rate, the stream's average: a variable-frame-rate file (phones write them; its
+packet timestamps are read before decoding) is resampled by its timestamps, each output tick showing the frame
+presented nearest that moment, so frame ``i`` is always time ``i / fps`` for every later stage (features, the
+animator's windows, the written avatar video). A constant-rate file passes through unchanged, frame for frame.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ class VideoError(CacheError):
     """A video file is missing, unreadable, not a video, corrupt or truncated."""
 
 
+# FFmpeg opens a single picture as a one-frame "video" through these demuxers; a still cannot drive anything.
+_STILL_IMAGE_DEMUXERS = ("image2",)
+_STILL_IMAGE_SUFFIX = "_pipe"  # png_pipe, jpeg_pipe, webp_pipe, bmp_pipe, tiff_pipe, ...
+# A stream is variable-rate when a frame interval departs from the median by more than this share of it;
+# millisecond time bases round 29.97 fps to 33/34 ms (3 %), which stays constant.
+VARIABLE_RATE_TOLERANCE = 0.25
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about its first video stream (before decoding anything).
@@ -54,6 +67,7 @@ class VideoInfo:
     container: str
     header_frames: int
     duration_s: float | None
+    rate: Fraction = Fraction(0)  # ``fps`` exactly: the constant rate frames are delivered at
 
     @property
     def expected_frames(self) -> int | None:
@@ -71,15 +85,25 @@ def _open(path: str | os.PathLike[str]) -> av.container.InputContainer:
         raise VideoError(f"video {path} does not exist")
     if not path.is_file():
         raise VideoError(f"video {path} is not a file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"video {path} is empty (0 bytes); was it copied or downloaded completely?")
     try:
         container = av.open(str(path), mode="r")
     except PermissionError:
         raise VideoError(f"video {path} is not readable (permission denied)") from None
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
-        raise VideoError(f"{path} is not a readable video ({type(err).__name__}: {err})") from None
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VideoError(f"{path} is not a readable video: FFmpeg cannot parse it ({reason}); the file is corrupt, "
+                         "truncated, or not a video") from None
     if not container.streams.video:
         container.close()
         raise VideoError(f"{path} holds no video stream")
+    demuxer = str(container.format.name)
+    if demuxer in _STILL_IMAGE_DEMUXERS or demuxer.endswith(_STILL_IMAGE_SUFFIX):
+        codec = container.streams.video[0].codec_context.name
+        container.close()
+        raise VideoError(f"{path} is a still image ({codec}), not a video; give a video file (mp4, mov, avi, webm, "
+                         "mkv)")
     return container
 
 
@@ -97,7 +121,7 @@ def _info(container: av.container.InputContainer, path: str | os.PathLike[str]) 
     return VideoInfo(
         path=str(path), width=int(context.width), height=int(context.height), fps=float(rate),
         codec=str(context.name), container=str(container.format.name), header_frames=int(stream.frames or 0),
-        duration_s=duration,
+        duration_s=duration, rate=Fraction(rate),
     )
 
 
@@ -120,13 +144,46 @@ def _decoder_errors() -> Iterator[list[tuple[int, str, str]]]:
         av.logging.set_level(previous)
 
 
-def iter_frames(path: str | os.PathLike[str], check_length: bool = True, strict: bool = True) -> Iterator[np.ndarray]:
-    """Decode ``path`` frame by frame: each item ``(H, W, 3) uint8`` RGB, in presentation order.
+@dataclass
+class DecodeStats:
+    """What one pass of :func:`iter_frames` did: frames decoded from the file, and how the constant-rate
+    resampling changed them (``repeated``: ticks that showed the previous frame again; ``dropped``: frames that
+    fell on a tick already taken). Both are 0 for a constant-rate file."""
+
+    decoded: int = 0
+    delivered: int = 0
+    repeated: int = 0
+    dropped: int = 0
+
+    @property
+    def variable_rate(self) -> bool:
+        return bool(self.repeated or self.dropped)
+
+
+def has_variable_rate(path: str | os.PathLike[str]) -> bool:
+    """Whether the frame intervals of ``path``'s first video stream vary (read from packet timestamps: demuxing
+    only, no decoding). Streams without timestamps count as constant."""
+    with contextlib.closing(_open(path)) as container:
+        stream = container.streams.video[0]
+        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+    intervals = np.diff(np.asarray(stamps, dtype=np.float64))
+    intervals = intervals[intervals > 0]
+    if len(intervals) < 2:
+        return False
+    median = float(np.median(intervals))
+    return bool(np.abs(intervals - median).max() > VARIABLE_RATE_TOLERANCE * median)
+
+
+def iter_frames(path: str | os.PathLike[str], check_length: bool = True, strict: bool = True,
+                stats: DecodeStats | None = None) -> Iterator[np.ndarray]:
+    """Decode ``path`` frame by frame: each item ``(H, W, 3) uint8`` RGB, at the constant rate ``fps``.
 
     Raises :class:`VideoError` when decoding fails (naming the frame); with ``strict``, also when FFmpeg reports
     damage it concealed (the frames would hold garbage); with ``check_length``, when the stream ends well
-    before its header's frame count (a truncated file).
+    before its header's frame count (a truncated file). ``stats``, when given, is filled as frames go by.
     """
+    stats = stats if stats is not None else DecodeStats()
+    resample = has_variable_rate(path)
     with contextlib.closing(_open(path)) as container, _decoder_errors() as logs:
         info = _info(container, path)
         stream = container.streams.video[0]
@@ -137,34 +194,57 @@ def iter_frames(path: str | os.PathLike[str], check_length: bool = True, strict:
             stream.thread_count = 1
         else:
             stream.thread_type = "AUTO"  # frame threading: several frames decoded in parallel
-        count = 0
+        start: Fraction | None = None
+        previous: np.ndarray | None = None
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-                count += 1
+                stats.decoded += 1
+                if not resample or frame.pts is None or frame.time_base is None:
+                    tick = stats.delivered  # constant rate (or no timing to resample by): as it comes
+                else:
+                    time = Fraction(frame.pts) * frame.time_base
+                    start = time if start is None else start
+                    tick = round((time - start) * info.rate)
+                if tick < stats.delivered:  # its tick already shows an earlier frame
+                    stats.dropped += 1
+                    continue
+                image = frame.to_ndarray(format="rgb24")
+                while previous is not None and stats.delivered < tick:  # a gap: hold the frame on screen
+                    yield previous
+                    stats.delivered += 1
+                    stats.repeated += 1
+                yield image
+                stats.delivered += 1
+                previous = image
         except av.error.FFmpegError as err:
-            raise VideoError(f"{path}: corrupt video, decoding failed after {count} frames ({err})") from None
+            raise VideoError(f"{path}: corrupt video, decoding failed after {stats.decoded} frames ({err})") from None
         errors = [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
         if strict and errors:
             raise VideoError(f"{path}: corrupt video, FFmpeg reported {len(errors)} error(s) while decoding "
-                             f"{count} frames, e.g. {errors[0]!r}")
+                             f"{stats.decoded} frames, e.g. {errors[0]!r}")
         expected = info.expected_frames
         if check_length and expected is not None:
             slack = max(TRUNCATION_SLACK_FRAMES, round(TRUNCATION_SLACK_FRACTION * expected))
-            if count < expected - slack:
+            if stats.decoded < expected - slack:
                 raise VideoError(
-                    f"{path}: truncated video, decoded {count} frames but its header promises {expected}"
+                    f"{path}: truncated video, decoded {stats.decoded} frames but its header promises {expected}"
                 )
-        if count == 0:
+        if stats.decoded == 0:
             raise VideoError(f"{path}: no frame could be decoded")
 
 
-def count_frames(path: str | os.PathLike[str], strict: bool = True) -> int:
-    """Decode the whole video once and count its frames (headers may lack or misstate the count).
+def scan_video(path: str | os.PathLike[str], strict: bool = True) -> DecodeStats:
+    """Decode the whole video once: how many frames it delivers (headers may lack or misstate the count) and
+    whether its frame rate varies. This also validates the file end to end before anything is written from it."""
+    stats = DecodeStats()
+    for _ in iter_frames(path, strict=strict, stats=stats):
+        pass
+    return stats
 
-    This also validates the file end to end before anything is written from it.
-    """
-    return sum(1 for _ in iter_frames(path, strict=strict))
+
+def count_frames(path: str | os.PathLike[str], strict: bool = True) -> int:
+    """The number of frames :func:`iter_frames` delivers (see :func:`scan_video`)."""
+    return scan_video(path, strict=strict).delivered
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

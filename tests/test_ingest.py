@@ -141,3 +141,69 @@ def test_video_io_helpers(tmp_path: Path) -> None:
         writer.write(frames.astype(np.float32))
     with pytest.raises(VideoError, match="unknown video suffix"):
         VideoWriter(tmp_path / "x.gif", fps=10)
+
+
+def _timed_video(path: Path, times_ms: list[int], size: int = 32) -> Path:
+    """An H.264 file whose frame j is a flat grey of level 5 j, presented at ``times_ms[j]`` (any spacing)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=50)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for j, time in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 5 * j, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = time, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_variable_frame_rate_is_resampled_by_timestamps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 20 frames at 50 fps, then 20 at 10 fps: played by index at the average rate, frame 20 (0.4 s) would show at
+    # 1.2 s; resampled, every output frame shows what was on screen within one source interval of its tick
+    times = [20 * j for j in range(20)] + [400 + 100 * j for j in range(20)]
+    video = _timed_video(tmp_path / "vfr.mp4", times)
+    info = probe_video(video)
+    assert 10 < info.fps < 50  # FFmpeg's average rate: frames over the stream's duration
+    from avatar_lightning.video import DecodeStats, scan_video
+
+    stats = DecodeStats()
+    shown = [int(round(frame.mean() / 5)) for frame in iter_frames(video, stats=stats)]
+    assert stats.variable_rate and stats.decoded == 40 and stats.delivered == len(shown)
+    assert shown == sorted(shown) and shown[0] == 0 and shown[-1] == 39  # in order, first and last kept
+    errors = [abs(times[j] / 1000 - k / info.fps) for k, j in enumerate(shown)]
+    assert max(errors) <= 0.1 + 1e-6, max(errors)  # naive index mapping is 0.8 s off here
+    assert scan_video(video).delivered == len(shown) == count_frames(video)
+    assert main(["ingest", "--video", str(video), "--out", str(tmp_path / "cache")]) == 0
+    assert "variable frame rate; resampled" in capsys.readouterr().out
+    cache = CaptureCache(tmp_path / "cache")
+    assert cache.num_frames == len(shown) and cache.manifest.meta["ingest"]["frame_rate"]["variable"] is True
+
+
+def test_a_constant_frame_rate_passes_unchanged(tmp_path: Path) -> None:
+    from avatar_lightning.video import DecodeStats
+
+    video = _timed_video(tmp_path / "cfr.mp4", [40 * j for j in range(30)])
+    stats = DecodeStats()
+    shown = [int(round(frame.mean() / 5)) for frame in iter_frames(video, stats=stats)]
+    assert shown == list(range(30)) and not stats.variable_rate
+
+
+@pytest.mark.parametrize("kind", ["empty", "png", "jpeg"])
+def test_empty_files_and_still_images_are_not_videos(tmp_path: Path, kind: str) -> None:
+    import cv2
+
+    bad = tmp_path / "clip.mp4"
+    if kind == "empty":
+        bad.write_bytes(b"")
+    else:
+        ok, encoded = cv2.imencode(f".{kind[:3]}", face_image(64))
+        bad.write_bytes(encoded.tobytes())  # a picture renamed .mp4: FFmpeg would read it as one frame
+    message = "is empty" if kind == "empty" else "is a still image"
+    with pytest.raises(VideoError, match=message):
+        ingest_video(bad, tmp_path / "cache")
+    _nothing_left(tmp_path / "cache")

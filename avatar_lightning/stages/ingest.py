@@ -35,13 +35,19 @@ from avatar_lightning.cache import (
     release_pages,
     staging_folder,
 )
-from avatar_lightning.video import VideoError, count_frames, iter_frames, probe_video
+from avatar_lightning.video import DecodeStats, VideoError, iter_frames, probe_video, scan_video
 
 STAGE = "ingest"
 CAMERA = "video"
 SEQUENCE = "drive"
 FOCAL_PRIOR = 1.2  # focal length / longer side
 Progress = Callable[[str, int, int], None]
+
+
+def frame_rate_note(scanned: DecodeStats, fps: float) -> dict[str, object]:
+    """How the video's timing was kept: constant, or resampled to ``fps`` (what ``meta.ingest`` records)."""
+    return {"variable": scanned.variable_rate, "fps": fps, "frames_decoded": scanned.decoded,
+            "ticks_repeated": scanned.repeated, "frames_dropped": scanned.dropped}
 
 
 def approximate_intrinsics(width: int, height: int) -> list[list[float]]:
@@ -101,7 +107,8 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
         raise CacheError(f"--size must be at least 8 pixels, got {size}")
     report = progress or (lambda what, done, total: None)
     report("scan video", 0, info.expected_frames or 0)
-    num_frames = count_frames(video, strict=strict)
+    scanned = scan_video(video, strict=strict)
+    num_frames = scanned.delivered
     report("scan video", num_frames, num_frames)
     width, height = output_size(info.width, info.height, crop, size)
     staging = staging_folder(out, STAGE)
@@ -116,7 +123,8 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
                 "generator": "avatar_lightning.stages.ingest",
                 "version": __version__,
                 "ingest": {"container": info.container, "codec": info.codec, "source_size": [info.width, info.height],
-                           "crop": crop, "size": size, "intrinsics": "approximate: f = 1.2 max(W, H), centred"},
+                           "crop": crop, "size": size, "intrinsics": "approximate: f = 1.2 max(W, H), centred",
+                           "frame_rate": frame_rate_note(scanned, info.fps)},
             },
         )
         boxes = np.zeros((num_frames, 3), dtype=np.float32) if crop else None
@@ -172,4 +180,8 @@ def main(argv: Sequence[str]) -> int:
         cache = ingest_video(args.video, args.out, crop=args.crop, size=args.size, overwrite=args.overwrite,
                              strict=not args.ignore_decode_errors, progress=progress)
     print(cache.describe())
+    rate = cache.manifest.meta["ingest"]["frame_rate"]
+    if rate["variable"]:
+        print(f"note: {args.video} has a variable frame rate; resampled to a constant {rate['fps']:g} fps by its "
+              f"timestamps ({rate['ticks_repeated']} frames held, {rate['frames_dropped']} dropped)")
     return 0
