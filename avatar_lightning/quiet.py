@@ -57,6 +57,28 @@ def quiet_third_party_logs() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLines())
 
 
+# Lightning's device summary, printed by every Trainer: noise where we run one on the CPU as a tool (features of
+# a CPU-only extractor inside `animate` or `features`), where no accelerator could be used anyway.
+_DEVICE_SUMMARY = re.compile(r"^(GPU|TPU|HPU|IPU) available: ")
+
+
+class _DropDeviceSummary(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _DEVICE_SUMMARY.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def lightning_device_summary_hidden() -> Iterator[None]:
+    """Drop Lightning's "GPU available: ... / TPU available: ..." lines while a CPU-only Trainer is made."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    drop = _DropDeviceSummary()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def is_native_noise(line: str) -> bool:
     return any(pattern.search(line.rstrip("\r\n")) for pattern in NATIVE_NOISE)
 

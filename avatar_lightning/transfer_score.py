@@ -217,6 +217,12 @@ def score_videos(driving: str, avatar: str, progress: Progress | None = None
                          "frames are paired by index, so both must have one frame rate")
     tracked_driver = track_video(driving, progress)
     tracked_avatar = track_video(avatar, progress)
+    frames = {spec: len(tracked.valid) for spec, tracked in ((driving, tracked_driver), (avatar, tracked_avatar))}
+    if frames[driving] < MIN_FRAMES:
+        raise CacheError(f"{driving} has {frames[driving]} frame(s); a correlation needs at least {MIN_FRAMES}")
+    if frames[driving] != frames[avatar]:
+        raise CacheError(f"{avatar} has {frames[avatar]} frames but {driving} {frames[driving]}; `animate` writes one "
+                         "frame per driving frame, so is this the avatar video of that driver?")
     if not tracked_driver.valid.any():
         raise CacheError(f"{driving}: FaceMesh found no face in any of its {len(tracked_driver.valid)} frames")
     d, a = tracked_driver.measures, tracked_avatar.measures

@@ -336,7 +336,8 @@ def test_two_features_runs_on_one_cache_keep_both_arrays(synthetic_tiny: Capture
     for code, _, err in results:
         assert code == 0, err
         # a newcomer's terminal: MediaPipe's native start-up chatter and protobuf's notice are gone
-        for noise in ("XNNPACK", "absl::InitializeLog", "GetPrototype", "inference_feedback_manager", "Tip:"):
+        for noise in ("XNNPACK", "absl::InitializeLog", "GetPrototype", "inference_feedback_manager", "Tip:",
+                      "GPU available", "TPU available"):
             assert noise not in err, err
     names = CaptureCache(root).names("features/*")
     assert {"features/mediapipe", "features/mediapipe.valid", "features/tracked_blend",

@@ -161,6 +161,33 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
     prepare_capture(list(capture), actor_dir, PrepareOptions(overwrite=overwrite))
 
 
+DRIVER_FACE_SAMPLES = 8  # frames of each --drivers video FaceMesh looks at before the demo trains anything
+
+
+def check_drivers(drivers: Sequence[str | Path]) -> None:
+    """Refuse a missing, broken, too short or faceless driving video now, not after minutes of training.
+
+    Each file is decoded end to end (corrupt and truncated files are named) and FaceMesh looks at a few frames
+    spread over it; a driver in which none shows a face could not be animated or scored.
+    """
+    from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker
+    from avatar_lightning.transfer_score import MIN_FRAMES
+    from avatar_lightning.video import count_frames, iter_frames
+
+    for clip in drivers:
+        frames = count_frames(clip)
+        if frames < MIN_FRAMES:
+            raise CacheError(f"--drivers {clip} has {frames} frame(s); scoring a driver needs at least {MIN_FRAMES}")
+        picks = set(np.linspace(0, frames - 1, min(DRIVER_FACE_SAMPLES, frames)).round().astype(int).tolist())
+        tracker = FaceMeshTracker(static=True)
+        try:
+            if not any(tracker(image) is not None for i, image in enumerate(iter_frames(clip)) if i in picks):
+                raise CacheError(f"--drivers {clip}: FaceMesh found no face in {len(picks)} frames spread over "
+                                 "the video; a driver must show a face")
+        finally:
+            tracker.close()
+
+
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
              identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
              features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = ()) -> Path:
@@ -173,6 +200,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     from avatar_lightning.stages.render_mesh import render_cache
     from avatar_lightning.synth.generate import generate
 
+    check_drivers(drivers)
     out = out.resolve()
     actor_dir, runs, report = out / "actor", out / "runs", out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -288,12 +316,15 @@ def _write_readme(report: Path, timings: dict[str, float], total: float, animati
 
 
 def main(argv: Sequence[str]) -> int:
+    from avatar_lightning.synth.generate import PRESETS
+
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning demo",
         description="Run the whole chain on the built-in synthetic actor and write a report folder.",
     )
     parser.add_argument("--out", default="demo", help="output folder (default demo/)")
-    parser.add_argument("--preset", default="demo", help="synthetic preset (default demo: 160^2, 60 s of training)")
+    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
+                        help="synthetic preset (default demo: 160^2, 60 s of training)")
     parser.add_argument("--head-vae-minutes", type=float, default=2.5)
     parser.add_argument("--rerender-minutes", type=float, default=2.0)
     parser.add_argument("--animator-steps", type=int, default=1500, help="steps per grid cell (paper: 15 000)")

@@ -10,6 +10,7 @@ records, per output, the extractor, camera, layout and settings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
 from collections.abc import Sequence
 from functools import partial
@@ -30,6 +31,7 @@ from avatar_lightning.features.extract import (
     valid_array,
 )
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
+from avatar_lightning.quiet import lightning_device_summary_hidden
 
 STAGE = "features"
 
@@ -120,11 +122,13 @@ def extract_features(
                                           warmup=max(1, round(RUNNING_WARMUP_SECONDS * fps))))
     if accelerator is None:
         accelerator = "auto" if model.extractor.uses_accelerator else "cpu"
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
-        callbacks=[writer, *([RichProgressBar()] if progress else [])], enable_progress_bar=progress,
-        enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
-    )
+    device_summary = lightning_device_summary_hidden() if accelerator == "cpu" else contextlib.nullcontext()
+    with device_summary:
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
+            callbacks=[writer, *([RichProgressBar()] if progress else [])], enable_progress_bar=progress,
+            enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False,
+        )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.predict(model, datamodule=data, return_predictions=False)
