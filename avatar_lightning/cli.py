@@ -202,6 +202,22 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
                                  "newest)")
             return path
 
+        def _parse_ckpt_path(self) -> None:
+            """A checkpoint of another model is one clear line, not jsonargparse's usage and union report."""
+            import contextlib
+            import io
+
+            captured = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(captured):
+                    super()._parse_ckpt_path()
+            except SystemExit:
+                path = self.config[self.config.subcommand].get("ckpt_path")
+                found = re.search(r"Option '([^']+)' is not accepted", captured.getvalue())
+                which = f" (it holds '{found.group(1)}', which this config's model does not take)" if found else ""
+                raise CacheError(f"--ckpt_path {path} is a checkpoint of another model{which}; give a checkpoint "
+                                 "written by `fit` with this experiment's config") from None
+
         def before_fit(self) -> None:
             """A run folder with a fixed name (the animator's grid cells) is never silently reused: a second
             fresh ``fit`` would overwrite its config.yaml and append to its metrics.csv beside the old checkpoint."""

@@ -135,6 +135,8 @@ def generate(
         if not overwrite and not (same and not complete):
             state = "a different" if complete else "an unfinished, different"
             raise CacheError(f"{out} already holds {state} capture cache; pass --overwrite to replace it")
+    elif out.exists() and not out.is_dir():
+        raise CacheError(f"--out {out} is a file, not a folder; choose a folder for the capture cache")
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise CacheError(f"{out} is not empty and holds no capture cache; choose an empty folder or pass --overwrite")
 
