@@ -51,7 +51,13 @@ def load_model(cls: type[ModelT], path: str | Path, *, hint: str = "") -> ModelT
     except (EOFError, OSError, zipfile.BadZipFile) as err:
         raise CacheError(f"{path} is truncated or not a checkpoint file ({type(err).__name__}: {err}){suffix}") \
             from None
-    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as err:
+    except RuntimeError as err:
+        if "PytorchStreamReader" in str(err):  # torch's zip reader: a cut or damaged file, not another model
+            raise CacheError(f"{path} is truncated or not a checkpoint file (the zip archive is damaged){suffix}") \
+                from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CacheError(f"{path} is not a {name} checkpoint ({type(err).__name__}: {first}){suffix}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CacheError(f"{path} is not a {name} checkpoint ({type(err).__name__}: {first}){suffix}") from None
     return model.eval()
@@ -72,5 +78,11 @@ def checkpoint_entry(path: str | Path, key: str) -> Any:
     """One top-level entry of a checkpoint (e.g. ``datamodule_hyper_parameters``), read without unpickling code."""
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True).get(key)
-    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, zipfile.BadZipFile) as err:
-        raise CacheError(f"{path}: cannot read its {key!r} ({type(err).__name__})") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        raise UntrustedCheckpointError(
+            f"{path}: refused to load: it holds pickled Python objects{f' ({found.group(1)})' if found else ''}; "
+            "unpickling it could run code. Use a checkpoint written by `python -m avatar_lightning fit`") from None
+    except (EOFError, OSError, RuntimeError, zipfile.BadZipFile) as err:
+        raise CacheError(f"{path} is truncated or not a checkpoint file; cannot read its {key!r} "
+                         f"({type(err).__name__})") from None

@@ -203,16 +203,27 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             return path
 
         def _parse_ckpt_path(self) -> None:
-            """A checkpoint of another model is one clear line, not jsonargparse's usage and union report."""
+            """A truncated checkpoint or one of another model is one clear line, not jsonargparse's usage and
+            union report (or a model of another class quietly swapped in by the checkpoint's ``_class_path``)."""
             import contextlib
             import io
 
+            from avatar_lightning.checkpoints import checkpoint_entry
+
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if path and Path(path).is_file():
+                saved = (checkpoint_entry(path, "hyper_parameters") or {}).get("_class_path")
+                wanted = (self.config[subcommand].get("model") or {}).get("class_path")
+                if saved and wanted and saved != wanted:
+                    raise CacheError(f"--ckpt_path {path} is a checkpoint of {saved.rsplit('.', 1)[-1]}, but this "
+                                     f"config's model is {wanted.rsplit('.', 1)[-1]}; give a checkpoint written by "
+                                     "`fit` with this experiment's config")
             captured = io.StringIO()
             try:
                 with contextlib.redirect_stderr(captured):
                     super()._parse_ckpt_path()
             except SystemExit:
-                path = self.config[self.config.subcommand].get("ckpt_path")
                 found = re.search(r"Option '([^']+)' is not accepted", captured.getvalue())
                 which = f" (it holds '{found.group(1)}', which this config's model does not take)" if found else ""
                 raise CacheError(f"--ckpt_path {path} is a checkpoint of another model{which}; give a checkpoint "

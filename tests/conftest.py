@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avatar_lightning.cache import CaptureCache
-from tests.helpers import make_tiny_cache, save_lightning_checkpoint
+from tests.helpers import make_avatar, make_tiny_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -37,29 +37,7 @@ def synthetic_tiny(tmp_path_factory: pytest.TempPathFactory) -> CaptureCache:
 def avatar_dir(synthetic_tiny: CaptureCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported avatar of the tiny synthetic actor with untrained models (loading code, not quality). Read-only;
     ``avatar_dir.parent`` holds ``actor`` (its cache, with MediaPipe features) and the three source checkpoints."""
-    import shutil
-
-    from avatar_lightning.avatar import export_avatar
-    from avatar_lightning.models.animator import Animator
-    from avatar_lightning.models.head_vae import HeadVAE
-    from avatar_lightning.models.rerender import Rerenderer
-    from avatar_lightning.stages.features import extract_features
-
-    work = tmp_path_factory.mktemp("avatar")
-    root = work / "actor"
-    shutil.copytree(synthetic_tiny.root, root)
-    extract_features(root, "mediapipe", relative="sequence", batch_size=32, progress=False)
-    cache = CaptureCache(root)
-    torch.manual_seed(0)
-    texture = cache.record("tracking/textures").shape[1]
-    blend = cache.record("tracking/blend_weights").shape[1]
-    vae = save_lightning_checkpoint(HeadVAE(texture_size=texture, num_blend_shapes=blend,
-                                            latent_dim=AVATAR_LATENT_DIM, width=4, perceptual_weight=0.0,
-                                            adversarial_weight=0.0), work / "vae.ckpt")
-    rerender = save_lightning_checkpoint(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
-    animator = save_lightning_checkpoint(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
-                              latent_dim=AVATAR_LATENT_DIM), work / "animator.ckpt")
-    return export_avatar(cache, work / "avatar", vae, rerender, animator)
+    return make_avatar(tmp_path_factory.mktemp("avatar"), synthetic_tiny.root, AVATAR_LATENT_DIM)
 
 
 @pytest.fixture

@@ -74,6 +74,25 @@ def moving_face_frames(n: int, size: int = 192) -> np.ndarray:
     return np.stack([rotate_scale(face, 6 * np.sin(2 * np.pi * s), 1.0, (8 * s, -4 * s)) for s in t])
 
 
+def write_timed_video(path: Path, frames: np.ndarray, times_ms: Sequence[int]) -> Path:
+    """An H.264 file whose frame ``j`` is presented at ``times_ms[j]``: any spacing, so a variable frame rate."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=50)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for image, time in zip(frames, times_ms, strict=True):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = int(time), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
 def random_deca_checkpoint(folder: Path) -> Path:
     """A randomly initialised DECA encoder saved in the layout of DECA's ``deca_model.tar``."""
     import torch

@@ -113,9 +113,38 @@ def make_expression_cache(root: Path, seed: int = 0, feature_dim: int = 24, expr
 
 def save_lightning_checkpoint(model: pl.LightningModule, path: Path) -> Path:
     """Lightning's checkpoint layout for a model that was never fitted (tests of loading code, not of quality)."""
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+    cls = type(model)
+    hparams = {**dict(model.hparams), "_class_path": f"{cls.__module__}.{cls.__qualname__}"}  # as LightningCLI saves
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
                 "pytorch-lightning_version": pl.__version__}, path)
     return path
+
+
+def make_avatar(work: Path, synthetic_root: Path, latent_dim: int = 8) -> Path:
+    """Export an avatar of the synthetic actor at ``synthetic_root`` with untrained models into ``work/avatar``;
+    ``work`` also gets ``actor`` (a copy of the cache, with MediaPipe features) and the three checkpoints."""
+    import shutil
+
+    from avatar_lightning.avatar import export_avatar
+    from avatar_lightning.models.animator import Animator
+    from avatar_lightning.models.head_vae import HeadVAE
+    from avatar_lightning.models.rerender import Rerenderer
+    from avatar_lightning.stages.features import extract_features
+
+    root = work / "actor"
+    shutil.copytree(synthetic_root, root)
+    extract_features(root, "mediapipe", relative="sequence", batch_size=32, progress=False)
+    cache = CaptureCache(root)
+    torch.manual_seed(0)
+    texture = cache.record("tracking/textures").shape[1]
+    blend = cache.record("tracking/blend_weights").shape[1]
+    vae = save_lightning_checkpoint(HeadVAE(texture_size=texture, num_blend_shapes=blend, latent_dim=latent_dim,
+                                            width=4, perceptual_weight=0.0, adversarial_weight=0.0),
+                                    work / "vae.ckpt")
+    rerender = save_lightning_checkpoint(Rerenderer(depth=3, width=8, perceptual_weight=0.0), work / "rerender.ckpt")
+    animator = save_lightning_checkpoint(Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434,
+                                                  latent_dim=latent_dim), work / "animator.ckpt")
+    return export_avatar(cache, work / "avatar", vae, rerender, animator)
 
 
 class KillAtStep(pl.Callback):

@@ -12,7 +12,7 @@ from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main
 from avatar_lightning.stages.ingest import approximate_intrinsics, ingest_video
 from avatar_lightning.video import VideoError, VideoWriter, count_frames, iter_frames, probe_video, write_video
-from tests.features_fixtures import face_image, moving_face_frames
+from tests.features_fixtures import face_image, moving_face_frames, write_timed_video
 
 
 def _video(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
@@ -144,22 +144,9 @@ def test_video_io_helpers(tmp_path: Path) -> None:
 
 
 def _timed_video(path: Path, times_ms: list[int], size: int = 32) -> Path:
-    """An H.264 file whose frame j is a flat grey of level 5 j, presented at ``times_ms[j]`` (any spacing)."""
-    from fractions import Fraction
-
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=50)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        for j, time in enumerate(times_ms):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 5 * j, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = time, Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+    """Frame j is a flat grey of level 5 j (readable back after H.264), presented at ``times_ms[j]``."""
+    frames = np.stack([np.full((size, size, 3), 5 * j, np.uint8) for j in range(len(times_ms))])
+    return write_timed_video(path, frames, times_ms)
 
 
 def test_a_variable_frame_rate_is_resampled_by_timestamps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
