@@ -451,3 +451,129 @@ def test_a_killed_fit_of_the_image_models_resumes_exactly(model: str, synthetic_
     # the head VAE steps both optimisers every batch: its validations fall at global steps 16 and 32, the
     # re-render U-Net's at 8, 16, 24, 32; the kill at 18 falls just after a validation at 16 for both
     assert figures["resumed_from_step"] == 16 and figures["final_step"] == 32
+
+
+# ---------------------------------------------------------------------------------------------- killed stages
+def _kill_in(setup: str, call: str) -> subprocess.CompletedProcess[str]:
+    """Run ``call`` in a fresh process after ``setup`` (which arranges a SIGKILL mid-way): a real kill, no cleanup."""
+    return run_python("import os, signal\n" + textwrap.dedent(setup) + "\n" + textwrap.dedent(call))
+
+
+def _leftovers_named(root: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``inspect`` passes the surviving cache and lists what the killed run left; returns that listing."""
+    capsys.readouterr()
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "left by interrupted runs" in out, out
+    return out.split("left by interrupted runs", 1)[1]
+
+
+def test_a_killed_ingest_leaves_the_previous_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar_lightning.stages.ingest import ingest_video
+    from avatar_lightning.video import write_video
+    from tests.features_fixtures import moving_face_frames
+
+    first = write_video(tmp_path / "first.mp4", moving_face_frames(8, size=64), fps=25.0)
+    second = write_video(tmp_path / "second.mp4", moving_face_frames(24, size=64), fps=25.0)
+    out = tmp_path / "cache"
+    before = ingest_video(first, out).read("cameras/video/frames")
+    killed = _kill_in("""
+        def progress(what, done, total):
+            if what == "write frames" and done >= 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+    """, f"""
+        from avatar_lightning.stages.ingest import ingest_video
+        ingest_video({str(second)!r}, {str(out)!r}, overwrite=True, chunk=4, progress=progress)
+    """)
+    assert killed.returncode == -9, killed.stderr
+    np.testing.assert_array_equal(CaptureCache(out).read("cameras/video/frames"), before)
+    assert ".cache.ingest-" in _leftovers_named(out, capsys)
+    assert main(["ingest", "--video", str(second), "--out", str(out), "--overwrite"]) == 0  # and it runs again
+    assert CaptureCache(out).num_frames == 24
+
+
+def test_a_killed_prepare_leaves_the_previous_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar_lightning.capture.prepare import prepare_capture
+    from avatar_lightning.video import write_video
+    from tests.features_fixtures import moving_face_frames
+
+    video = write_video(tmp_path / "actor.mp4", moving_face_frames(40, size=128), fps=25.0)
+    out = tmp_path / "actor"
+    before = prepare_capture([str(video)], out).manifest
+    killed = _kill_in("""
+        def progress(what, done, total):
+            if what == "UV textures":
+                os.kill(os.getpid(), signal.SIGKILL)
+    """, f"""
+        from avatar_lightning.capture.prepare import PrepareOptions, prepare_capture
+        prepare_capture([{str(video)!r}], {str(out)!r}, PrepareOptions(overwrite=True), progress=progress)
+    """)
+    assert killed.returncode == -9, killed.stderr
+    assert CaptureCache(out).manifest == before
+    assert ".actor.prepare-" in _leftovers_named(out, capsys)
+    # killed before it ever finished: there is no cache, and inspect says what the kill left beside it
+    fresh = tmp_path / "fresh"
+    killed = _kill_in("""
+        def progress(what, done, total):
+            if what == "UV textures":
+                os.kill(os.getpid(), signal.SIGKILL)
+    """, f"""
+        from avatar_lightning.capture.prepare import prepare_capture
+        prepare_capture([{str(video)!r}], {str(fresh)!r}, progress=progress)
+    """)
+    assert killed.returncode == -9, killed.stderr
+    assert main(["inspect", str(fresh)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and ".fresh.prepare-" in err and "interrupted" in err
+
+
+def test_a_killed_features_run_keeps_the_previous_features(avatar_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    actor = tmp_path / "actor"
+    shutil.copytree(avatar_dir.parent / "actor", actor)
+    before = CaptureCache(actor).read("features/mediapipe")
+    killed = _kill_in("""
+        from callbacks.cache_writer import CacheWriter
+        original = CacheWriter.write_on_batch_end
+        calls = []
+        def write_on_batch_end(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, *args, **kwargs)
+        CacheWriter.write_on_batch_end = write_on_batch_end
+    """, f"""
+        from avatar_lightning.cli import main
+        main(["features", "--cache", {str(actor)!r}, "--extractor", "mediapipe", "--relative", "none",
+              "--batch-size", "8", "--no-progress"])
+    """)
+    assert killed.returncode == -9, killed.stderr
+    np.testing.assert_array_equal(CaptureCache(actor).read("features/mediapipe"), before)
+    assert ".mediapipe." in _leftovers_named(actor, capsys)
+
+
+def test_a_killed_render_mesh_keeps_the_previous_renders(avatar_dir: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    actor = tmp_path / "actor"
+    shutil.copytree(avatar_dir.parent / "actor", actor)
+    assert main(["render-mesh", "--cache", str(actor), "--textures", "tracking", "--name", "tracking",
+                 "--batch-size", "64"]) == 0
+    before = CaptureCache(actor).read("renders/tracking/frontal")
+    killed = _kill_in("""
+        import avatar_lightning.stages.render_mesh as stage
+        original = stage.render_textured
+        calls = []
+        def render_textured(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args, **kwargs)
+        stage.render_textured = render_textured
+    """, f"""
+        from avatar_lightning.cli import main
+        main(["render-mesh", "--cache", {str(actor)!r}, "--textures", "tracking", "--name", "tracking",
+              "--batch-size", "8"])
+    """)
+    assert killed.returncode == -9, killed.stderr
+    np.testing.assert_array_equal(CaptureCache(actor).read("renders/tracking/frontal"), before)
+    assert ".frontal." in _leftovers_named(actor, capsys)

@@ -53,7 +53,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("cache", help="capture cache folder")
     parser.add_argument("--no-check", action="store_true", help="skip opening every array file")
     args = parser.parse_args(argv)
-    cache = CaptureCache(args.cache)
+    root = Path(args.cache)
+    staged = sorted(p.name for p in root.parent.glob(f".{root.name}.*") if p.is_dir()) if not root.exists() else []
+    if staged:  # a stage killed before it ever finished: say so, rather than only "does not exist"
+        raise CacheError(f"capture cache {root} does not exist: an interrupted run left the incomplete "
+                         f"{', '.join(staged)} beside it (safe to delete); re-run the stage that makes {root.name}")
+    cache = CaptureCache(root)
     print(cache.describe())
     if args.no_check:
         return 0
