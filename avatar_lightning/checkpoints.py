@@ -38,6 +38,9 @@ def load_model(cls: type[ModelT], path: str | Path, *, hint: str = "") -> ModelT
     suffix = f"; {hint}" if hint else ""
     if not path.is_file():
         raise CacheError(f"{path} does not exist: no {name} checkpoint there{suffix}")
+    saved = saved_class_path(path)
+    if saved is not None and saved.rsplit(".", 1)[-1] != name:  # before building a model of the wrong class
+        raise CacheError(f"{path} is not a {name} checkpoint (it holds a {saved.rsplit('.', 1)[-1]}){suffix}")
     try:
         model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)  # type: ignore[attr-defined]
     except pickle.UnpicklingError as err:
@@ -61,6 +64,13 @@ def load_model(cls: type[ModelT], path: str | Path, *, hint: str = "") -> ModelT
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CacheError(f"{path} is not a {name} checkpoint ({type(err).__name__}: {first}){suffix}") from None
     return model.eval()
+
+
+def saved_class_path(path: str | Path) -> str | None:
+    """The model class a checkpoint written by ``fit`` (LightningCLI) names in its hyper-parameters, if any."""
+    hparams = checkpoint_entry(path, "hyper_parameters")
+    found = hparams.get("_class_path") if isinstance(hparams, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -208,12 +208,12 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             import contextlib
             import io
 
-            from avatar_lightning.checkpoints import checkpoint_entry
+            from avatar_lightning.checkpoints import saved_class_path
 
             subcommand = self.config.get("subcommand")
             path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if path and Path(path).is_file():
-                saved = (checkpoint_entry(path, "hyper_parameters") or {}).get("_class_path")
+                saved = saved_class_path(path)
                 wanted = (self.config[subcommand].get("model") or {}).get("class_path")
                 if saved and wanted and saved != wanted:
                     raise CacheError(f"--ckpt_path {path} is a checkpoint of {saved.rsplit('.', 1)[-1]}, but this "

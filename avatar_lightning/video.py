@@ -163,9 +163,14 @@ class DecodeStats:
 def has_variable_rate(path: str | os.PathLike[str]) -> bool:
     """Whether the frame intervals of ``path``'s first video stream vary (read from packet timestamps: demuxing
     only, no decoding). Streams without timestamps count as constant."""
+    stamps: list[int] = []
     with contextlib.closing(_open(path)) as container:
         stream = container.streams.video[0]
-        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+        try:
+            stamps.extend(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+        except av.error.FFmpegError:
+            pass  # a damaged file: decoding, next, names the damage; its timing is moot
+    stamps.sort()
     intervals = np.diff(np.asarray(stamps, dtype=np.float64))
     intervals = intervals[intervals > 0]
     if len(intervals) < 2:

@@ -22,6 +22,8 @@ from tests.helpers import make_tiny_cache, save_lightning_checkpoint, tiny_camer
 
 WINDOW_CONFIG = str(REPO_ROOT / "tests" / "configs" / "window_regression.yaml")
 
+pytestmark = pytest.mark.faults
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """The command as a user types it (a fresh process: exit code and stderr exactly as they see them)."""
