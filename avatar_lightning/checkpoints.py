@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,9 @@ def load_model(cls: type[ModelT], path: str | Path, *, hint: str = "") -> ModelT
     if saved is not None and saved.rsplit(".", 1)[-1] != name:  # before building a model of the wrong class
         raise CacheError(f"{path} is not a {name} checkpoint (it holds a {saved.rsplit('.', 1)[-1]}){suffix}")
     try:
-        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)  # type: ignore[attr-defined]
+        with warnings.catch_warnings():  # a loaded model runs inference: its training-only loss is beside the point
+            warnings.filterwarnings("ignore", message="LPIPS perceptual loss is off")
+            model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)  # type: ignore[attr-defined]
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         blocked = f"it names {found.group(1)}" if found else str(err).strip().splitlines()[-1][:200]

@@ -261,17 +261,21 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
             loggers.insert(0, CSVLogger(save_dir=save_dir))
         return loggers
 
-    return AvatarLightningCLI(
-        model_class=LightningModule,
-        datamodule_class=LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
-        run=run,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # `demo` passes args on purpose while its own argv is in sys.argv
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
+        return AvatarLightningCLI(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs={"parser_mode": "omegaconf+"},
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+        )
 
 
 DEBUG_ENV = "AVATAR_LIGHTNING_DEBUG"

@@ -57,26 +57,29 @@ def quiet_third_party_logs() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropLines())
 
 
-# Lightning's device summary, printed by every Trainer: noise where we run one on the CPU as a tool (features of
-# a CPU-only extractor inside `animate` or `features`), where no accelerator could be used anyway.
-_DEVICE_SUMMARY = re.compile(r"^(GPU|TPU|HPU|IPU) available: ")
+# Lightning's run summary, printed by every Trainer and seeding: noise where we run one as a tool on the CPU
+# (features of a CPU-only extractor inside `animate` or `features`), or the demo's eighth fit in a row.
+_RUN_SUMMARY = re.compile(r"^((GPU|TPU|HPU|IPU) available: |Seed set to )")
+_RUN_SUMMARY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
 
 
-class _DropDeviceSummary(logging.Filter):
+class _DropRunSummary(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _DEVICE_SUMMARY.search(record.getMessage())
+        return not _RUN_SUMMARY.search(record.getMessage())
 
 
 @contextlib.contextmanager
-def lightning_device_summary_hidden() -> Iterator[None]:
-    """Drop Lightning's "GPU available: ... / TPU available: ..." lines while a CPU-only Trainer is made."""
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    drop = _DropDeviceSummary()
-    logger.addFilter(drop)
+def lightning_run_summary_hidden() -> Iterator[None]:
+    """Drop Lightning's "GPU available: ... / TPU available: ... / Seed set to ..." lines inside the block."""
+    drop = _DropRunSummary()
+    loggers = [logging.getLogger(name) for name in _RUN_SUMMARY_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def is_native_noise(line: str) -> bool:

@@ -60,12 +60,17 @@ class LPIPS(nn.Module):
         return self.model(image * 2 - 1, target * 2 - 1).mean()
 
 
+_WARNED_MISSING: set[Path] = set()
+
+
 def load_lpips(backbone_path: str | Path | None) -> LPIPS | None:
     """LPIPS if the backbone file exists (given path, else torchvision's cache location); None with a warning."""
     path = Path(backbone_path).expanduser() if backbone_path else default_backbone_path()
     if not path.is_file():
         if backbone_path:  # the user asked for it by path: that is an error, not a warning
             raise FileNotFoundError(missing_backbone_message(path))
-        warnings.warn(missing_backbone_message(path), stacklevel=2)
+        if path not in _WARNED_MISSING:  # once per process: the demo builds several models that train with it
+            _WARNED_MISSING.add(path)
+            warnings.warn(missing_backbone_message(path), stacklevel=2)
         return None
     return LPIPS(path)

@@ -13,6 +13,7 @@ video and the step timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -37,10 +38,16 @@ def grid(features: str) -> list[str]:
     return [f"{backbone}_{features}{suffix}" for suffix in ("", "_residual") for backbone in ("mlp", "cnn", "lstm")]
 
 
+_FITS_RUN = [0]  # the demo's fits so far: Lightning's run summary (devices, seed) is shown for the first only
+
+
 def _fit(args: list[str]) -> None:
     from avatar_lightning.cli import main as cli_main
+    from avatar_lightning.quiet import lightning_run_summary_hidden
 
-    code = cli_main(["fit", *args])
+    with lightning_run_summary_hidden() if _FITS_RUN[0] else contextlib.nullcontext():
+        code = cli_main(["fit", *args])
+    _FITS_RUN[0] += 1
     if code:
         raise CacheError(f"fit {' '.join(args)} failed with exit code {code}")
 
@@ -84,7 +91,7 @@ def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: Ca
     from avatar_lightning.scoring import mean_baseline, nearest_neighbour_baseline
     from datamodules.animator import AnimatorDataModule
 
-    x = np.asarray(driving.array(feature_array(features)), dtype=np.float32)
+    x = np.array(driving.array(feature_array(features)), dtype=np.float32)  # a writable copy for torch
     valid = np.asarray(driving.array(valid_array(features)), dtype=bool)
     if len(x) != len(truth_blend):
         raise CacheError(f"{driving.root}: {len(x)} driving frames but {len(truth_blend)} true blend weights")

@@ -31,7 +31,7 @@ from avatar_lightning.features.extract import (
     valid_array,
 )
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
-from avatar_lightning.quiet import lightning_device_summary_hidden
+from avatar_lightning.quiet import lightning_run_summary_hidden
 
 STAGE = "features"
 
@@ -122,7 +122,7 @@ def extract_features(
                                           warmup=max(1, round(RUNNING_WARMUP_SECONDS * fps))))
     if accelerator is None:
         accelerator = "auto" if model.extractor.uses_accelerator else "cpu"
-    device_summary = lightning_device_summary_hidden() if accelerator == "cpu" else contextlib.nullcontext()
+    device_summary = lightning_run_summary_hidden() if accelerator == "cpu" else contextlib.nullcontext()
     with device_summary:
         trainer = pl.Trainer(
             accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
