@@ -212,3 +212,25 @@ def test_a_given_clean_plate_is_stored_as_it_is(videos: list[Path], truth: Captu
     focal = cache.manifest.meta["prepare"]["calibration"]["focal_search"]  # no calibration: the focal was searched
     best = min(focal, key=focal.get)
     assert cache.cameras[0].K[0][0] == pytest.approx(float(best) * 160)
+
+
+def test_frames_bigger_than_max_side_are_scaled_with_their_calibration_and_plate(
+        truth: CaptureCache, videos: list[Path], tmp_path: Path) -> None:
+    """A 160 px capture prepared at --max-side 96 with its full-size calibration and clean plate: the cache's camera
+    is the file's scaled alike, and the tracking is as good as at full size (the frames, not the geometry, shrink)."""
+    import cv2
+
+    calibration = save_calibration(truth.cameras[:1], tmp_path / "frontal.json")
+    plate = tmp_path / "plate.png"
+    cv2.imwrite(str(plate), truth.read(f"cameras/{truth.cameras[0].name}/clean_plate")[..., ::-1])
+    options = PrepareOptions(**{**SPLIT.__dict__, "calibration": str(calibration), "max_side": 96,
+                                "clean_plates": (str(plate),)})
+    cache = prepare_capture([str(videos[0])], tmp_path / "small", options)
+    camera, full = cache.cameras[0], truth.cameras[0]
+    assert (camera.width, camera.height) == (96, 96)
+    np.testing.assert_allclose(np.array(camera.K)[:2], np.array(full.K)[:2] * 0.6, rtol=1e-6)
+    assert cache.record("cameras/cam0/frames").shape == (truth.num_frames, 96, 96, 3)
+    assert cache.manifest.meta["prepare"]["frames"]["scaled_from"] == [[160, 160]]
+    scores = score_prepared(cache, truth)
+    assert scores["median_rotation_error_deg"] < 3.0, scores
+    assert scores["median_reprojection_of_face_height"] < 0.02, scores

@@ -188,3 +188,40 @@ def test_bad_clean_plate_files(tmp_path: Path) -> None:
 
 def test_rigid_landmarks_are_mesh_points() -> None:
     assert max(RIGID_LANDMARKS) < 468
+
+
+def test_a_scaled_camera_projects_to_the_scaled_pixels() -> None:
+    from avatar_lightning.cache import CameraRecord
+    from avatar_lightning.capture.calibration import scaled_camera
+    from avatar_lightning.capture.sources import fit_within
+
+    assert fit_within(3840, 2160, 1024) == (1024, 576) and fit_within(512, 512, 1024) == (512, 512)
+    assert fit_within(3840, 2160, None) == (3840, 2160)
+    K = [[3000.0, 0.0, 1920.5], [0.0, 3010.0, 1080.5], [0.0, 0.0, 1.0]]
+    full = CameraRecord("c", K, np.eye(3).tolist(), [0.0, 0.0, 1.5], 3840, 2160)
+    small = scaled_camera(full, (1024, 576))
+    points = torch.tensor([[0.1, -0.05, 0.2], [-0.2, 0.1, 0.0], [0.0, 0.0, 0.3]])
+    at_full = Cameras.from_dict(full).project_to_pixels(points[None])[0][0]
+    at_small = Cameras.from_dict(small).project_to_pixels(points[None])[0][0]
+    scale = torch.tensor([1024 / 3840, 576 / 2160])
+    torch.testing.assert_close(at_small, at_full * scale, rtol=1e-5, atol=1e-3)
+    assert (small.width, small.height) == (1024, 576)
+
+
+def test_big_frames_are_scaled_down_and_a_full_size_plate_with_them(tmp_path: Path) -> None:
+    import cv2
+
+    from avatar_lightning.capture.sources import iter_capture
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 90, 160, 3), dtype=np.uint8)
+    video = write_video(tmp_path / "wide.mp4", frames, 25.0)
+    info = probe_capture([CameraSource.parse(str(video))], max_side=64)
+    assert info.sizes == ((64, 36),) and info.original_sizes == ((160, 90),)
+    views = [v[0] for v in iter_capture(info)]
+    assert len(views) == 3 and views[0].shape == (36, 64, 3)
+    assert probe_capture([CameraSource.parse(str(video))]).sizes == ((160, 90),)  # no max_side: as the file is
+    cv2.imwrite(str(tmp_path / "plate.png"), frames[0][..., ::-1])
+    assert load_plate(tmp_path / "plate.png", 64, 36).shape == (36, 64, 3)  # the file's size, scaled alike
+    cv2.imwrite(str(tmp_path / "square.png"), np.zeros((90, 90, 3), np.uint8))
+    with pytest.raises(CacheError, match="90x90 but its camera"):
+        load_plate(tmp_path / "square.png", 64, 36)  # another aspect is another camera

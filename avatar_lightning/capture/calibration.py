@@ -193,6 +193,14 @@ def load_calibration(path: str | Path, names: Sequence[str], sizes: Sequence[tup
                                "distorted": [d is not None for d in distortion]})
 
 
+def scaled_camera(record: CameraRecord, size: tuple[int, int]) -> CameraRecord:
+    """``record`` for its images resized to ``size = (width, height)``: pixel coordinates (the project's, with
+    pixel centres at +0.5, so an edge at 0) scale by the same factors, so K's rows do too."""
+    sx, sy = size[0] / record.width, size[1] / record.height
+    K = (np.diag([sx, sy, 1.0]) @ np.asarray(record.K, np.float64)).tolist()
+    return CameraRecord(record.name, K, record.R, record.t, size[0], size[1])
+
+
 def save_calibration(cameras: Sequence[CameraRecord], path: str | Path,
                      distortion: Sequence[np.ndarray | None] | None = None) -> Path:
     """Write ``cameras`` as a file :func:`load_calibration` reads (OpenCV conventions: cx, cy - 0.5)."""

@@ -59,13 +59,18 @@ def estimate_plate(frames: np.ndarray, masks: np.ndarray) -> PlateEstimate:
 
 
 def load_plate(path: str | Path, width: int, height: int) -> np.ndarray:
-    """A clean-plate image file (PNG, JPEG, ...) as ``(H, W, 3) uint8`` RGB; its size must be the camera's."""
+    """A clean-plate image file (PNG, JPEG, ...) as ``(H, W, 3) uint8`` RGB; its size must be the camera's, or a
+    larger one of the same aspect (the video file's, when prepare scaled its frames down), which is scaled alike."""
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"clean plate {path} does not exist")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise CacheError(f"clean plate {path} is not a readable image (PNG, JPEG, ...)")
+    h, w = image.shape[:2]
+    if (h, w) != (height, width) and h >= height and w >= width and abs(w / h - width / height) < 0.01 * width / height:
+        # the plate at the video file's size while prepare scaled the frames down (--max-side): scale it alike
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     if image.shape[:2] != (height, width):
         raise CacheError(f"clean plate {path} is {image.shape[1]}x{image.shape[0]} but its camera's frames are "
                          f"{width}x{height}")

@@ -94,6 +94,7 @@ class PrepareOptions:
     test_seconds: float | None = None
     val_seconds: float | None = None
     texture_size: int = 128
+    max_side: int | None = 1024  # frames with a longer side are scaled down (None or 0: keep the files' size)
     chunk: int = 32
     overwrite: bool = False
     fit: FitSettings = FitSettings()
@@ -381,14 +382,19 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
     if options.texture_size < 16:
         raise CacheError(f"--texture-size must be at least 16, got {options.texture_size}")
     check_output_folder(out, options.overwrite)
-    info = probe_capture(sources)
+    info = probe_capture(sources, options.max_side)
     sequences = time_split(info.num_frames, info.fps, options.test_seconds, options.val_seconds)
     names = camera_names(len(sources))
-    loaded = calib.load_calibration(options.calibration, names, info.sizes) if options.calibration else None
+    loaded = (calib.load_calibration(options.calibration, names, info.original_sizes) if options.calibration
+              else None)
     undistort = [None] * len(names)
     if loaded is not None:
         undistort = [Undistorter(np.array(r.K), d, (r.width, r.height)) if d is not None else None
                      for r, d in zip(loaded.cameras, loaded.distortion, strict=True)]
+        if info.source_sizes:  # the file's cameras, for the frames as scaled down
+            loaded = calib.Calibration([calib.scaled_camera(r, size) for r, size in zip(loaded.cameras, info.sizes,
+                                                                                         strict=True)],
+                                       loaded.distortion, loaded.estimated, loaded.report)
     provisional = loaded.cameras if loaded else [
         CameraRecord(name, calib.default_intrinsics(w, h), np.eye(3).tolist(), [0.0, 0.0, 0.0], w, h)
         for name, (w, h) in zip(names, info.sizes, strict=True)]
@@ -437,6 +443,8 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                                          report)
         plates = clean_plates(cache, names, records, mesh, fit, options.clean_plates)
         summary = {
+            "frames": {"max_side": options.max_side, "sizes": [list(size) for size in info.sizes],
+                       "scaled_from": [list(size) for size in info.source_sizes] or None},
             "calibration": {"estimated": calibration.estimated, **calibration.report},
             "template": {"camera": names[k], "frames_in_neutral": template.frames_used},
             "faces": {name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)},

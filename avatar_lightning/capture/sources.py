@@ -4,7 +4,8 @@ A multi-view rig is often delivered as one grid video (the NeRSemble sample hold
 column): every distinct file is decoded once per frame and each camera slices its region out of it. Cameras
 must agree on frame rate and length; a capture whose cameras disagree is refused naming them, before anything
 is written. Lens distortion, when the calibration gives it, is removed here, so every later step sees pinhole
-images (the cache's cameras have no distortion terms).
+images (the cache's cameras have no distortion terms). Frames larger than ``max_side`` are then scaled down
+(4K footage would make a cache of 25 MB a frame per camera while nothing downstream uses more than ~1000 px).
 """
 
 from __future__ import annotations
@@ -54,11 +55,25 @@ class CaptureInfo:
     sources: tuple[CameraSource, ...]
     fps: float
     num_frames: int
-    sizes: tuple[tuple[int, int], ...]  # (width, height) per camera
+    sizes: tuple[tuple[int, int], ...]  # (width, height) per camera, as delivered (after any scaling)
+    source_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) per camera in the files; () = ``sizes``
+
+    @property
+    def original_sizes(self) -> tuple[tuple[int, int], ...]:
+        return self.source_sizes or self.sizes
 
 
-def probe_capture(sources: Sequence[CameraSource]) -> CaptureInfo:
+def fit_within(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """``(width, height)`` scaled down, aspect kept, so the longer side is at most ``max_side`` (None: as is)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def probe_capture(sources: Sequence[CameraSource], max_side: int | None = None) -> CaptureInfo:
     """Validate every video end to end and check the cameras agree; decodes each distinct file once.
+    With ``max_side``, cameras whose longer side exceeds it are delivered scaled down (see :func:`fit_within`).
 
     Raises CacheError (a VideoError for a broken file) naming the camera and what disagrees.
     """
@@ -86,7 +101,8 @@ def probe_capture(sources: Sequence[CameraSource]) -> CaptureInfo:
             raise CacheError(f"camera {source.spec!r}: the region ends at ({x + w}, {y + h}), outside the "
                              f"{info.width}x{info.height} frames of {source.path}")
         sizes.append((w, h))
-    return CaptureInfo(tuple(sources), fps, frames, tuple(sizes))
+    scaled = tuple(fit_within(w, h, max_side) for w, h in sizes)
+    return CaptureInfo(tuple(sources), fps, frames, scaled, tuple(sizes) if scaled != tuple(sizes) else ())
 
 
 class Undistorter:
@@ -104,17 +120,21 @@ class Undistorter:
 
 def iter_capture(info: CaptureInfo, undistort: Sequence[Undistorter | None] | None = None
                  ) -> Iterator[list[np.ndarray]]:
-    """Per time step, one ``(H_c, W_c, 3) uint8`` RGB frame per camera, in the order of ``info.sources``."""
+    """Per time step, one ``(H_c, W_c, 3) uint8`` RGB frame per camera, in the order of ``info.sources``:
+    undistorted at the files' size (the calibration's), then scaled to ``info.sizes``."""
     paths = sorted({source.path for source in info.sources})
     decoders = [iter_frames(path) for path in paths]
     undistort = list(undistort) if undistort is not None else [None] * len(info.sources)
     for decoded in zip(*decoders, strict=True):
         by_path = dict(zip(paths, decoded, strict=True))
         views = []
-        for source, fix in zip(info.sources, undistort, strict=True):
+        for source, fix, size in zip(info.sources, undistort, info.sizes, strict=True):
             image = by_path[source.path]
             if source.region is not None:
                 x, y, w, h = source.region
                 image = np.ascontiguousarray(image[y : y + h, x : x + w])
-            views.append(fix(image) if fix is not None else image)
+            image = fix(image) if fix is not None else image
+            if (image.shape[1], image.shape[0]) != size:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            views.append(image)
         yield views

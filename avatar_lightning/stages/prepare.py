@@ -37,13 +37,18 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--val-seconds", type=float,
                         help="validation before the tail (default 10 s, or 10 %% of a clip shorter than 2 min)")
     parser.add_argument("--texture-size", type=int, default=128, help="side of the UV textures (default 128)")
+    parser.add_argument("--max-side", type=int, default=PrepareOptions.max_side, metavar="PIXELS",
+                        help="scale frames down so their longer side is at most this (default %(default)s; 4K "
+                             "footage would cost 25 MB a frame per camera); 0 keeps the videos' size. A calibration "
+                             "file and clean plates stay at the videos' size: they are scaled alike")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
     options = PrepareOptions(calibration=args.calibration, clean_plates=tuple(args.clean_plate),
                              test_seconds=args.test_seconds, val_seconds=args.val_seconds,
-                             texture_size=args.texture_size, overwrite=args.overwrite)
+                             texture_size=args.texture_size, max_side=args.max_side or None,
+                             overwrite=args.overwrite)
     with PhaseProgress(width=26) as progress:
         cache = prepare_capture(args.video, args.out, options, progress)
     print(cache.describe())
