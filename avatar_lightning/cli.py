@@ -9,11 +9,14 @@ them and imported only when called, so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +114,6 @@ def keep_metrics_on_resume(trainer: Any, ckpt_path: str | os.PathLike[str]) -> N
     would have written it.
     """
     import csv
-    import io
-    import warnings
 
     from lightning.pytorch.loggers import CSVLogger
 
@@ -205,9 +206,6 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         def _parse_ckpt_path(self) -> None:
             """A truncated checkpoint or one of another model is one clear line, not jsonargparse's usage and
             union report (or a model of another class quietly swapped in by the checkpoint's ``_class_path``)."""
-            import contextlib
-            import io
-
             from avatar_lightning.checkpoints import saved_class_path
 
             subcommand = self.config.get("subcommand")
@@ -260,8 +258,6 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
         if not any(isinstance(item, CSVLogger) for item in loggers):
             loggers.insert(0, CSVLogger(save_dir=save_dir))
         return loggers
-
-    import warnings
 
     with warnings.catch_warnings():  # `demo` passes args on purpose while its own argv is in sys.argv
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
