@@ -395,8 +395,10 @@ def resume_matches(fit: list[str], cache: Path, tmp_path: Path, kill_at: int, ru
     curves = [(tmp_path / x / run / "metrics.csv").read_text().splitlines() for x in "ab"]
     assert curves[0] == curves[1]  # the same rows, in the same order: one curve, as if never killed
     assert weight_diff <= 1e-6 and optimiser_diff <= 1e-6
-    return {"resumed_from_step": resumed_from, "final_step": a["global_step"], "max_weight_diff": weight_diff,
-            "max_optimiser_state_diff": optimiser_diff, "metrics_rows": len(curves[0]) - 1}
+    figures = {"resumed_from_step": resumed_from, "final_step": a["global_step"], "max_weight_diff": weight_diff,
+               "max_optimiser_state_diff": optimiser_diff, "metrics_rows": len(curves[0]) - 1}
+    print(f"resume of {run} killed at step {kill_at}: {figures}")  # the release note's figures (pytest -s)
+    return figures
 
 
 def test_a_checkpoint_killed_while_written_leaves_the_previous_one(tmp_path: Path,
