@@ -265,7 +265,7 @@ def _video_cases() -> list[Case]:
              "found no face in any of its 16 frames"),
         Case("prepare", VIDEO_LABELS["one_frame"],
              lambda w, t: ["prepare", "--video", w.video("one_frame"), "--out", str(t / "out")],
-             "the capture has 1 frame"),
+             "the capture has 1 frame (0.04 s at 25 fps); an actor needs at least 10"),
         Case("animate", VIDEO_LABELS["no_face"],
              lambda w, t: ["animate", "--driving", w.video("no_face"), "--avatar", str(w.avatar),
                            "--out", str(t / "out.mp4"), "--no-progress"],

@@ -30,10 +30,15 @@ def time_split(num_frames: int, fps: float, test_seconds: float | None = None,
     val = max(1, int(round(val_seconds * fps)))
     train = num_frames - test - val
     if train < MIN_TRAIN_FRAMES:
+        frames = f"{num_frames} frame{'s' if num_frames != 1 else ''}"
+        if num_frames < MIN_TRAIN_FRAMES + 2:  # no split could leave a training window
+            raise CacheError(f"the capture has {frames} ({seconds:.2f} s at {fps:g} fps); an actor needs at least "
+                             f"{MIN_TRAIN_FRAMES + 2}: {MIN_TRAIN_FRAMES} to train on, one to validate, one to test "
+                             "(minutes of footage make a good avatar)")
         raise CacheError(
-            f"the capture has {num_frames} frames ({seconds:.1f} s at {fps:g} fps): too short for {test_seconds:g} s "
-            f"of test and {val_seconds:g} s of validation with at least {MIN_TRAIN_FRAMES} training frames left; "
-            "pass smaller --test-seconds / --val-seconds"
+            f"the capture has {frames} ({seconds:.1f} s at {fps:g} fps): too short for {test} frame(s) of test and "
+            f"{val} of validation with at least {MIN_TRAIN_FRAMES} training frames left; pass smaller "
+            "--test-seconds / --val-seconds"
         )
     return [
         SequenceRecord("train", 0, train - 1, "train"),
