@@ -59,6 +59,9 @@ class World:
         return root
 
 
+UHD_FRAMES = 12  # enough for prepare's smallest split
+
+
 def make_videos(folder: Path) -> Path:
     """The video inputs of the matrix, small enough to make in seconds."""
     from avatar_lightning.video import write_video
@@ -74,8 +77,8 @@ def make_videos(folder: Path) -> Path:
     (folder / "still.mp4").write_bytes(png.tobytes())
     write_video(folder / "no_face.mp4", np.stack([blank(128, 60 + 4 * i) for i in range(16)]), fps=25.0)
     write_video(folder / "one_frame.mp4", moving_face_frames(1, size=128), fps=25.0)
-    uhd = np.full((3, 2160, 3840, 3), 90, np.uint8)
-    uhd[:, 480:1680, 1320:2520] = moving_face_frames(3, size=1200)
+    uhd = np.full((UHD_FRAMES, 2160, 3840, 3), 90, np.uint8)
+    uhd[:, 480:1680, 1320:2520] = moving_face_frames(UHD_FRAMES, size=1200)
     write_video(folder / "uhd.mp4", uhd, fps=25.0)
     times = [20 * j for j in range(10)] + [200 + 100 * j for j in range(10)]  # 50 fps, then 10 fps
     write_timed_video(folder / "vfr.mp4", moving_face_frames(20, size=128), times)
@@ -289,9 +292,11 @@ def _video_cases() -> list[Case]:
              lambda w, t: ["demo", "--out", str(t / "out"), "--preset", "tiny", "--drivers", w.video("one_frame")],
              "has 1 frame(s)"),
         # awkward, not bad: these must work
-        Case("ingest", VIDEO_LABELS["uhd"], lambda w, t: ["ingest", "--video", w.video("uhd"), "--out", str(t / "c")],
-             "", code=0, leaves_none=(".c*",),
-             check=lambda t: _assert_frames(CaptureCache(t / "c"), 3, (2160, 3840))),
+        Case("ingest", VIDEO_LABELS["uhd"],
+             lambda w, t: ["ingest", "--video", w.video("uhd"), "--out", str(t / "c"), "--size", "1024"], "", code=0,
+             leaves_none=(".c*",), check=lambda t: _assert_frames(CaptureCache(t / "c"), UHD_FRAMES, (576, 1024))),
+        Case("prepare", VIDEO_LABELS["uhd"], lambda w, t: ["prepare", "--video", w.video("uhd"), "--out", str(t / "c")],
+             "", code=0, leaves_none=(".c*",), check=lambda t: _assert_prepared_at(CaptureCache(t / "c"), (576, 1024))),
         Case("ingest", VIDEO_LABELS["vfr"], lambda w, t: ["ingest", "--video", w.video("vfr"), "--out", str(t / "c")],
              "", code=0, leaves_none=(".c*",),
              check=lambda t: CaptureCache(t / "c").manifest.meta["ingest"]["frame_rate"]["variable"] or _fail()),
@@ -299,7 +304,7 @@ def _video_cases() -> list[Case]:
              lambda w, t: ["ingest", "--video", w.video("one_frame"), "--out", str(t / "c")], "", code=0,
              leaves_none=(".c*",), check=lambda t: _assert_frames(CaptureCache(t / "c"), 1, (128, 128))),
     ]
-    for name, frames in (("uhd", 3), ("vfr", None), ("one_frame", 1)):
+    for name, frames in (("uhd", UHD_FRAMES), ("vfr", None), ("one_frame", 1)):
         cases.append(Case(
             "animate", VIDEO_LABELS[name],
             lambda w, t, n=name: ["animate", "--driving", w.video(n), "--avatar", str(w.avatar), "--out",
@@ -310,6 +315,14 @@ def _video_cases() -> list[Case]:
 
 def _assert_frames(cache: CaptureCache, frames: int, size: tuple[int, int]) -> None:
     assert tuple(cache.record(f"cameras/{cache.cameras[0].name}/frames").shape[:3]) == (frames, *size)
+
+
+def _assert_prepared_at(cache: CaptureCache, size: tuple[int, int]) -> None:
+    """A 4K capture lands in the cache at ``--max-side``'s size, its camera scaled alike, every frame tracked."""
+    _assert_frames(cache, UHD_FRAMES, size)
+    camera = cache.cameras[0]
+    assert (camera.height, camera.width) == size and camera.K[0][2] == pytest.approx(size[1] / 2, abs=1)
+    assert cache.manifest.meta["prepare"]["faces"]["cam0"]["frames_without_face"] == 0
 
 
 def _fail() -> None:
