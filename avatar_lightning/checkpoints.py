@@ -41,7 +41,7 @@ def load_model(cls: type[ModelT], path: str | Path, *, hint: str = "") -> ModelT
         raise CacheError(f"{path} does not exist: no {name} checkpoint there{suffix}")
     saved = saved_class_path(path)
     if saved is not None and saved.rsplit(".", 1)[-1] != name:  # before building a model of the wrong class
-        raise CacheError(f"{path} is not a {name} checkpoint but a {saved.rsplit('.', 1)[-1]} one{suffix}")
+        raise CacheError(f"{path} is not a {name} checkpoint (its model is {saved.rsplit('.', 1)[-1]}){suffix}")
     try:
         with warnings.catch_warnings():  # a loaded model runs inference: its training-only loss is beside the point
             warnings.filterwarnings("ignore", message="LPIPS perceptual loss is off")
