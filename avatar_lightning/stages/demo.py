@@ -38,16 +38,14 @@ def grid(features: str) -> list[str]:
     return [f"{backbone}_{features}{suffix}" for suffix in ("", "_residual") for backbone in ("mlp", "cnn", "lstm")]
 
 
-_FITS_RUN = [0]  # the demo's fits so far: Lightning's run summary (devices, seed) is shown for the first only
-
-
-def _fit(args: list[str]) -> None:
+def _fit(args: list[str], summary: bool = False) -> None:
+    """``fit`` in this process; Lightning's run summary (devices, seed) only with ``summary`` (the demo's first fit:
+    the eight fits after it would repeat the same three lines)."""
     from avatar_lightning.cli import main as cli_main
     from avatar_lightning.quiet import lightning_run_summary_hidden
 
-    with lightning_run_summary_hidden() if _FITS_RUN[0] else contextlib.nullcontext():
+    with contextlib.nullcontext() if summary else lightning_run_summary_hidden():
         code = cli_main(["fit", *args])
-    _FITS_RUN[0] += 1
     if code:
         raise CacheError(f"fit {' '.join(args)} failed with exit code {code}")
 
@@ -225,7 +223,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     step("head VAE", lambda: _fit([
         "--config", str(EXPERIMENTS / "head_vae.yaml"), *logged, f"--trainer.max_time={_minutes(head_vae_minutes)}",
         "--trainer.val_check_interval=100", "--trainer.limit_val_batches=4", "--model.init_args.kl_warmup_steps=200",
-        "--model.init_args.adversarial_start=300", "--data.init_args.num_workers=0"]))
+        "--model.init_args.adversarial_start=300", "--data.init_args.num_workers=0"], summary=True))
     head_vae_ckpt = _newest(runs / "head_vae", "last.ckpt")
     vae = load_head_vae(head_vae_ckpt)
 
