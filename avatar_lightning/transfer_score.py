@@ -77,11 +77,13 @@ def iter_video_frames(spec: str) -> tuple[float, int, Iterator[np.ndarray]]:
 Progress = Callable[[str, int, int], None]  # (what, done, total), as every stage takes it
 
 
-def track_video(spec: str, progress: Progress | None = None) -> VideoLandmarks:
-    """FaceMesh in tracking mode over every frame of ``spec``; memory grows only by the landmarks."""
+def track_video(spec: str, progress: Progress | None = None,
+                opened: tuple[float, int, Iterator[np.ndarray]] | None = None) -> VideoLandmarks:
+    """FaceMesh in tracking mode over every frame of ``spec``; memory grows only by the landmarks.
+    ``opened``: what :func:`iter_video_frames` already returned for ``spec`` (its frames not yet read)."""
     from avatar_lightning.features.mediapipe_landmarks import track_landmarks
 
-    fps, frames, images = iter_video_frames(spec)
+    fps, frames, images = opened or iter_video_frames(spec)
     landmarks, valid = track_landmarks(images, frames, progress=progress,
                                        what=f"FaceMesh {video_path(spec).name}")
     return VideoLandmarks(spec, fps, landmarks, valid)
@@ -208,21 +210,23 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
 
 def score_videos(driving: str, avatar: str, progress: Progress | None = None
                  ) -> tuple[TransferScore, np.ndarray, np.ndarray]:
-    """Track both videos and score them; also returns both measure series (for the plot)."""
-    from avatar_lightning.video import probe_video
+    """Track both videos and score them; also returns both measure series (for the plot).
 
-    rates = {spec: probe_video(video_path(spec)).fps for spec in (driving, avatar)}  # a mismatch before tracking
+    Both files are opened (and validated, which counts their frames) before FaceMesh sees a frame, so a rate or
+    length that cannot pair is refused before the expensive part."""
+    opened = {spec: iter_video_frames(spec) for spec in (driving, avatar)}
+    rates = {spec: fps for spec, (fps, _, _) in opened.items()}
+    frames = {spec: count for spec, (_, count, _) in opened.items()}
     if abs(rates[driving] - rates[avatar]) > 1e-3 * rates[driving]:
         raise CacheError(f"{driving} runs at {rates[driving]:g} fps but {avatar} at {rates[avatar]:g}; "
                          "frames are paired by index, so both must have one frame rate")
-    tracked_driver = track_video(driving, progress)
-    tracked_avatar = track_video(avatar, progress)
-    frames = {spec: len(tracked.valid) for spec, tracked in ((driving, tracked_driver), (avatar, tracked_avatar))}
     if frames[driving] < MIN_FRAMES:
         raise CacheError(f"{driving} has {frames[driving]} frame(s); a correlation needs at least {MIN_FRAMES}")
     if frames[driving] != frames[avatar]:
         raise CacheError(f"{avatar} has {frames[avatar]} frames but {driving} {frames[driving]}; `animate` writes one "
                          "frame per driving frame, so is this the avatar video of that driver?")
+    tracked_driver = track_video(driving, progress, opened[driving])
+    tracked_avatar = track_video(avatar, progress, opened[avatar])
     if not tracked_driver.valid.any():
         raise CacheError(f"{driving}: FaceMesh found no face in any of its {len(tracked_driver.valid)} frames")
     d, a = tracked_driver.measures, tracked_avatar.measures

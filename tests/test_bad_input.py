@@ -234,9 +234,8 @@ VIDEO_LABELS = {
 
 def _video_cases() -> list[Case]:
     cases = []
-    broken = {name: message for name, message in VIDEO_MESSAGES.items()}
-    score_message = {**broken, "missing": "no such video file"}
-    for name, message in broken.items():
+    score_message = {**VIDEO_MESSAGES, "missing": "no such video file"}
+    for name, message in VIDEO_MESSAGES.items():
         label = VIDEO_LABELS[name]
         cases += [
             Case("ingest", label, lambda w, t, n=name: ["ingest", "--video", w.video(n), "--out", str(t / "out")],

@@ -122,8 +122,7 @@ def extract_features(
                                           warmup=max(1, round(RUNNING_WARMUP_SECONDS * fps))))
     if accelerator is None:
         accelerator = "auto" if model.extractor.uses_accelerator else "cpu"
-    device_summary = lightning_run_summary_hidden() if accelerator == "cpu" else contextlib.nullcontext()
-    with device_summary:
+    with lightning_run_summary_hidden() if accelerator == "cpu" else contextlib.nullcontext():
         trainer = pl.Trainer(
             accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
             callbacks=[writer, *([RichProgressBar()] if progress else [])], enable_progress_bar=progress,

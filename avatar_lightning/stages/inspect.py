@@ -37,11 +37,14 @@ def find_problems(cache: CaptureCache, check_values: bool = True) -> list[str]:
     return problems
 
 
+def staging_leftovers(root: Path) -> list[Path]:
+    """Unfinished staging folders beside the cache folder ``root`` (whole-cache stages build there, then rename)."""
+    return sorted(p for p in root.parent.glob(f".{root.name}.*") if p.is_dir())
+
+
 def leftovers(cache: CaptureCache) -> list[Path]:
     """Temporary files of interrupted writes inside the cache, and unfinished staging folders beside it."""
-    inside = sorted(cache.root.rglob(".*.tmp"))
-    beside = sorted(p for p in cache.root.parent.glob(f".{cache.root.name}.*") if p.is_dir())
-    return [*inside, *beside]
+    return [*sorted(cache.root.rglob(".*.tmp")), *staging_leftovers(cache.root)]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -54,10 +57,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip opening every array file")
     args = parser.parse_args(argv)
     root = Path(args.cache)
-    staged = sorted(p.name for p in root.parent.glob(f".{root.name}.*") if p.is_dir()) if not root.exists() else []
+    staged = [] if root.exists() else staging_leftovers(root)
     if staged:  # a stage killed before it ever finished: say so, rather than only "does not exist"
         raise CacheError(f"capture cache {root} does not exist: an interrupted run left the incomplete "
-                         f"{', '.join(staged)} beside it (safe to delete); re-run the stage that makes {root.name}")
+                         f"{', '.join(p.name for p in staged)} beside it (safe to delete); re-run the stage that "
+                         f"makes {root.name}")
     cache = CaptureCache(root)
     print(cache.describe())
     if args.no_check:
