@@ -22,7 +22,7 @@ from avatar_lightning.cache import (
     staging_folder,
 )
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
-from avatar_lightning.synth.performance import generate_performance
+from avatar_lightning.synth.performance import DRIVER_STYLES, generate_performance
 from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_identity, wall_texture
 
 STAGE = "synth"
@@ -82,14 +82,17 @@ def _sequence_plan(preset: SynthPreset, identity: int) -> list[tuple[str, float,
     return [*plan, ("val", preset.val_seconds, "val"), ("test", preset.test_seconds, "test")]
 
 
-def _meta(preset_name: str, identity: int, seed: int) -> dict:
-    return {
+def _meta(preset_name: str, identity: int, seed: int, style: str = "default") -> dict:
+    meta = {
         "generator": "avatar_lightning.synth",
         "version": __version__,
         "preset": preset_name,
         "identity": identity,
         "seed": seed,
     }
+    if style != "default":  # caches of the default style keep the keys they always had
+        meta["style"] = style
+    return meta
 
 
 def generate(
@@ -100,11 +103,15 @@ def generate(
     overwrite: bool = False,
     previews: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    style: str = "default",
 ) -> CaptureCache:
     """Make (or find up to date) the synthetic capture at ``out``.
 
     Identity 0 is the actor: three cameras, training, validation and test sequences. Identity K >= 1 is
     another person filmed by one frontal camera: a driving video whose true blend weights are known.
+
+    ``style`` names the performance's style (:data:`~avatar_lightning.synth.performance.DRIVER_STYLES`): how
+    the person speaks and emotes; ``default`` is the actor's.
 
     An existing different cache is refused unless ``overwrite``; the same finished cache is kept as it is.
     """
@@ -118,8 +125,10 @@ def generate(
         raise CacheError(f"seed must be an integer, got {seed!r}")
     if identity < 0:
         raise CacheError(f"identity must be >= 0, got {identity}")
+    if style not in DRIVER_STYLES:
+        raise CacheError(f"unknown style {style!r}; styles are {sorted(DRIVER_STYLES)}")
     out = Path(out)
-    meta = _meta(preset, identity, seed)
+    meta = _meta(preset, identity, seed, style)
     if preset == "custom":
         meta["preset_config"] = json.loads(json.dumps(asdict(config)))  # as the manifest will hold it
     if (out / "manifest.json").exists():
@@ -150,7 +159,7 @@ def generate(
     sequences, weights, poses, first = [], [], [], 0
     for name, seconds, split in _sequence_plan(config, identity):
         n = max(int(round(seconds * config.fps)), 1)
-        w, p = generate_performance(n, config.fps, rng)
+        w, p = generate_performance(n, config.fps, rng, DRIVER_STYLES[style])
         sequences.append(SequenceRecord(name, first, first + n - 1, split))
         weights.append(w)
         poses.append(p)

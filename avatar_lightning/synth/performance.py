@@ -31,12 +31,22 @@ EMOTIONS: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True)
 class PerformanceStyle:
-    """How much of each ingredient a sequence has."""
+    """How much of each ingredient a sequence has; the defaults are the actor's own performance.
+
+    Drivers for cross-identity scores differ from the actor in style (:data:`DRIVER_STYLES`), so a score tells
+    whether an animator follows expressions it was not shown in that form, not whether it memorised a generator.
+    """
 
     speech: float = 0.7  # fraction of time spent speaking
     emotion_seconds: tuple[float, float] = (2.0, 6.0)
     max_yaw_degrees: float = 25.0
     blink_interval_seconds: float = 4.0
+    tempo: float = 1.0  # >1: faster syllables and emotion changes
+    intensity: float = 1.0  # scales speech and emotion amplitudes (blinks stay full)
+    emotion: float = 1.0  # 0: a poker face (no held emotions)
+    asymmetry: float = 0.0  # in [-1, 1]: left shapes scaled by 1 + a, right shapes by 1 - a
+    jaw_sideways: float = 0.0  # amplitude of a slow side-to-side jaw drift (jaw_left / jaw_right)
+    range_of_motion: bool = False  # every blend shape raised alone once, spread over the sequence
 
 
 def _smooth_noise(
@@ -57,7 +67,7 @@ def _bump(t: np.ndarray, centre: float, width: float) -> np.ndarray:
     return 0.5 * (1 + np.cos(np.pi * x))
 
 
-def _speech(num_frames: int, fps: float, rng: np.random.Generator, amount: float) -> np.ndarray:
+def _speech(num_frames: int, fps: float, rng: np.random.Generator, amount: float, tempo: float = 1.0) -> np.ndarray:
     weights = np.zeros((num_frames, len(BLEND_SHAPE_NAMES)))
     if num_frames == 0:
         return weights
@@ -69,7 +79,7 @@ def _speech(num_frames: int, fps: float, rng: np.random.Generator, amount: float
         if speaking:
             syllable = clock
             while syllable < min(clock + phrase, t[-1]):
-                duration = rng.uniform(0.16, 0.32)
+                duration = rng.uniform(0.16, 0.32) / tempo
                 bump = _bump(t, syllable + duration / 2, duration * 1.3)
                 rounded = rng.random() < 0.3
                 weights[:, K["jaw_open"]] += bump * rng.uniform(0.15, 0.7) * (0.6 if rounded else 1.0)
@@ -88,7 +98,7 @@ def _emotions(num_frames: int, fps: float, rng: np.random.Generator, style: Perf
     keys, targets = [0.0], [np.zeros(len(BLEND_SHAPE_NAMES))]
     end = num_frames / fps
     while keys[-1] < end:
-        keys.append(keys[-1] + rng.uniform(*style.emotion_seconds))
+        keys.append(keys[-1] + rng.uniform(*style.emotion_seconds) / style.tempo)
         emotion = EMOTIONS[names[rng.integers(len(names))]]
         target = np.zeros(len(BLEND_SHAPE_NAMES))
         for name, value in emotion.items():
@@ -118,16 +128,44 @@ def _blinks(num_frames: int, fps: float, rng: np.random.Generator, interval: flo
     return weights
 
 
+def _range_of_motion(num_frames: int, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """Each blend shape raised alone once (random order and peak), the raises spread evenly over the sequence."""
+    weights = np.zeros((num_frames, len(BLEND_SHAPE_NAMES)))
+    if num_frames == 0:
+        return weights
+    t = np.arange(num_frames) / fps
+    spacing = t[-1] / len(BLEND_SHAPE_NAMES) if num_frames > 1 else 0.0
+    for slot, k in enumerate(rng.permutation(len(BLEND_SHAPE_NAMES))):
+        centre = (slot + 0.5) * spacing
+        weights[:, k] += _bump(t, centre, max(min(0.8, 1.6 * spacing), 2.0 / fps)) * rng.uniform(0.5, 0.9)
+    return weights
+
+
+def _pairs(names: tuple[str, ...]) -> tuple[list[int], list[int]]:
+    """Indices of the ``*_left`` shapes and of their ``*_right`` partners."""
+    left = [k for k, name in enumerate(names) if name.endswith("_left")]
+    return left, [names.index(names[k].removesuffix("_left") + "_right") for k in left]
+
+
 def generate_performance(
     num_frames: int, fps: float, rng: np.random.Generator, style: PerformanceStyle | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blend weights ``(N, K)`` float32 in [0, 1] and pose ``(N, 6)`` float32 for one sequence."""
     style = style or PerformanceStyle()
-    weights = (
-        _speech(num_frames, fps, rng, style.speech)
-        + _emotions(num_frames, fps, rng, style)
-        + _blinks(num_frames, fps, rng, style.blink_interval_seconds)
-    )
+    expressive = _speech(num_frames, fps, rng, style.speech, style.tempo)
+    if style.emotion > 0:
+        expressive = expressive + style.emotion * _emotions(num_frames, fps, rng, style)
+    weights = style.intensity * expressive + _blinks(num_frames, fps, rng, style.blink_interval_seconds)
+    if style.range_of_motion:
+        weights = weights + style.intensity * _range_of_motion(num_frames, fps, rng)
+    if style.jaw_sideways > 0:
+        drift = style.jaw_sideways * _smooth_noise(num_frames, fps, rng, (1.5, 4.0))
+        weights[:, K["jaw_left"]] += np.clip(drift, 0, None)
+        weights[:, K["jaw_right"]] += np.clip(-drift, 0, None)
+    if style.asymmetry:
+        left, right = _pairs(BLEND_SHAPE_NAMES)
+        weights[:, left] *= 1 + style.asymmetry
+        weights[:, right] *= 1 - style.asymmetry
     weights = np.clip(weights, 0.0, 1.0)
     yaw = np.deg2rad(style.max_yaw_degrees) * np.clip(_smooth_noise(num_frames, fps, rng, (3.0, 9.0)), -1, 1)
     pitch = np.deg2rad(8.0) * np.clip(_smooth_noise(num_frames, fps, rng, (2.0, 6.0)), -1, 1)
@@ -142,3 +180,15 @@ def _euler_to_axis_angle(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray) -
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_euler("YXZ", np.stack([yaw, pitch, roll], 1)).as_rotvec()
+
+
+# Styles of the synthetic drivers that score cross-identity transfer (``synth --identity K --style NAME``). Together
+# they move every blend shape; each differs from the actor's ``default`` in one way a real driver would.
+DRIVER_STYLES: dict[str, PerformanceStyle] = {
+    "default": PerformanceStyle(),
+    "speaking": PerformanceStyle(speech=1.0, emotion=0.0, max_yaw_degrees=10.0),
+    "emoting": PerformanceStyle(speech=0.0, emotion_seconds=(1.0, 3.0), range_of_motion=True),
+    "fast": PerformanceStyle(tempo=1.7, range_of_motion=True),
+    "subtle": PerformanceStyle(tempo=0.7, intensity=0.5, range_of_motion=True, max_yaw_degrees=10.0),
+    "asymmetric": PerformanceStyle(asymmetry=0.6, jaw_sideways=0.6, range_of_motion=True),
+}
