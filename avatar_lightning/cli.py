@@ -68,6 +68,8 @@ STAGES: dict[str, Stage] = {
                             "avatar_lightning.stages.score_transfer:main"),
     "compare": Stage("one table (markdown, CSV) and plots (PNG) of animator runs' held-out scores beside baselines",
                      "avatar_lightning.stages.compare:main"),
+    "evaluate": Stage("every animator cell beside the baselines: validation chooses; test latents, blend shapes, "
+                      "images, cross-identity and real drivers", "avatar_lightning.stages.evaluate:main"),
     "features": Stage("write person-independent expression features (mediapipe, deca) of every frame",
                       "avatar_lightning.stages.features:main"),
 }

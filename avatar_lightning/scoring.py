@@ -103,3 +103,45 @@ def nearest_neighbour_baseline(
         index = torch.cat(nearest).numpy() if nearest else np.zeros(0, dtype=np.int64)
         out.append(train_latents[index])
     return out
+
+
+def cross_identity_scores(
+    predicted_blend: np.ndarray,
+    true_blend: np.ndarray,
+    valid: np.ndarray,
+    names: Sequence[str] | None = None,
+    min_std: float = 0.02,
+) -> dict[str, object]:
+    """Blend-weight error of an avatar driven by another identity whose true expression is known.
+
+    ``predicted_blend`` (decoded from the animator's latents) and ``true_blend`` are ``(L, K)``; ``valid (L,)``
+    marks the frames scored. Each identity has its own neutral face, so a constant per-identity offset is
+    removed first: the mean over the scored frames, of the prediction and of the truth alike.
+
+    ``relative_error`` is the squared error summed over the shapes the driver moves (standard deviation above
+    ``min_std``) divided by the truth's variance summed over them: 0 for a perfect predictor, exactly 1 for any
+    constant prediction (predict-the-mean), above 1 for one that moves the wrong way. Per shape the same ratio.
+    """
+    ok = np.asarray(valid, dtype=bool)
+    if predicted_blend.shape != true_blend.shape or len(ok) != len(true_blend):
+        raise ValueError(f"blend weights {predicted_blend.shape} and {true_blend.shape}, valid {ok.shape}: "
+                         "one row per frame in each")
+    if not ok.any():
+        raise ValueError("no valid frame to score")
+    names = list(names) if names is not None else [f"shape_{k}" for k in range(true_blend.shape[1])]
+    predicted = predicted_blend[ok].astype(np.float64)
+    truth = true_blend[ok].astype(np.float64)
+    predicted -= predicted.mean(axis=0)
+    truth -= truth.mean(axis=0)
+    squared_error = ((predicted - truth) ** 2).mean(axis=0)
+    variance = (truth**2).mean(axis=0)
+    moving = variance > min_std**2
+    per_shape = {
+        name: {"mse": float(squared_error[k]), "variance": float(variance[k]),
+               "relative_error": float(squared_error[k] / variance[k]) if moving[k] else None}
+        for k, name in enumerate(names)
+    }
+    relative = float(squared_error[moving].sum() / variance[moving].sum()) if moving.any() else None
+    return {"metrics": {"blend_mse": float(squared_error.mean()), "relative_error": relative,
+                        "shapes_moving": int(moving.sum())},
+            "per_shape": per_shape, "frames": int(len(ok)), "frames_scored": int(ok.sum())}

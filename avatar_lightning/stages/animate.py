@@ -120,12 +120,16 @@ class AvatarRenderer:
 
     @torch.no_grad()
     def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
-               blend_weights: Tensor | None = None) -> np.ndarray:
-        """Composited frames of latents ``z``; ``rotations`` (the driving head's, ``(B, 3, 3)``) or the fixed pose."""
+               blend_weights: Tensor | None = None, poses: Tensor | None = None) -> np.ndarray:
+        """Composited frames of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g. the capture's tracked
+        poses when scoring held-out frames), else by ``rotations`` (the driving head's, ``(B, 3, 3)``), else fixed."""
         texture, blend = self.avatar.head_vae.decode(z.to(self.device))
         if blend_weights is not None:  # --expression retarget: the driver's own weights shape the mesh
             blend = blend_weights.to(self.device, blend.dtype)
-        pose = self.pose.expand(len(z), 6) if rotations is None else self.driven_pose(rotations)
+        if poses is not None:
+            pose = poses.to(self.device, blend.dtype)
+        else:
+            pose = self.pose.expand(len(z), 6) if rotations is None else self.driven_pose(rotations)
         vertices = self.avatar.mesh.deform(blend, pose)
         cameras = (orbit_cameras(self.record, pose[0, 3:].cpu(), frames, self.fps).to(self.device)
                    if self.orbit else self.camera)

@@ -29,6 +29,8 @@ DEFAULT_METRICS = ("latent_mse", "blend_mse", "jitter_ratio")
 # Metrics whose best value is 1.0, not the lowest (jitter_ratio: as smooth as the targets, neither shakier
 # nor frozen); every other metric is lower-is-better.
 BEST_NEAR_ONE = frozenset({"jitter_ratio"})
+# Metrics where higher is better (image similarity, transfer correlation); every other metric is lower-is-better.
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_face", "ssim_face", "transfer_r"})
 PRODUCER = "`python -m avatar_lightning test` (or `fit`) of an animator experiment"
 
 
@@ -183,6 +185,8 @@ def _sort_key(metric: str) -> Callable[[Row], tuple[bool, float, str]]:
         value = row.metrics.get(metric)
         if value is not None and metric in BEST_NEAR_ONE:
             value = abs(value - 1.0)
+        elif value is not None and metric in HIGHER_IS_BETTER:
+            value = -value
         return (value is None, value if value is not None else 0.0, row.label)
 
     return key
@@ -216,12 +220,13 @@ def _cell(text: str) -> str:
 
 
 def best_values(rows: Sequence[Row], metrics: Sequence[str]) -> dict[str, float]:
-    """The lowest value of each lower-is-better metric among all rows (near-one metrics are never bolded)."""
+    """The best value of each metric among all rows: the lowest, or the highest for :data:`HIGHER_IS_BETTER`
+    (near-one metrics are never bolded)."""
     best = {}
     for metric in metrics:
         values = [r.metrics[metric] for r in rows if r.metrics.get(metric) is not None]
         if values and metric not in BEST_NEAR_ONE:
-            best[metric] = min(values)
+            best[metric] = max(values) if metric in HIGHER_IS_BETTER else min(values)
     return best
 
 
@@ -251,9 +256,11 @@ def markdown_table(rows: Sequence[Row], metrics: Sequence[str]) -> str:
             cells.append(f"**{text}**" if value is not None and value == best.get(metric) else text)
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     notes = ["", _frames_line(rows), ""]
-    lower = [m for m in metrics if m not in BEST_NEAR_ONE]
+    lower = [m for m in metrics if m not in BEST_NEAR_ONE and m not in HIGHER_IS_BETTER]
     if lower:
         notes.append(f"Lower is better for {', '.join(f'`{m}`' for m in lower)}; the best value is in bold.")
+    if higher := [m for m in metrics if m in HIGHER_IS_BETTER]:
+        notes.append(f"Higher is better for {', '.join(f'`{m}`' for m in higher)}; the best value is in bold.")
     for metric in metrics:
         if metric in BEST_NEAR_ONE:
             notes.append(f"`{metric}` is best near 1.0 (as smooth as the targets, neither shakier nor frozen); "
@@ -338,7 +345,7 @@ def bar_chart(rows: Sequence[Row], metric: str, path: Path) -> bool:
         axes.axvline(1.0, color="k", linestyle=":", linewidth=1)
         axes.set_xlabel(f"{metric} (best near 1.0)")
     else:
-        axes.set_xlabel(f"{metric} (lower is better)")
+        axes.set_xlabel(f"{metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)")
     _save_figure(figure, path)
     return True
 
@@ -397,20 +404,27 @@ def _run_cache(run_dir: Path) -> str:
                          "pass --cache") from None
 
 
-def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,
-                   work: Path) -> list[Path]:
-    """Score every run's transfer on ``drivers`` (:mod:`transfer_grid`); writes transfer_grid.md, .json and .png."""
+def transfer_results(runs: Sequence[Path], drivers: Sequence[str | Path], cache: str | None,
+                     work: Path) -> list[Any]:
+    """Every run's transfer on ``drivers`` (:func:`transfer_grid.score_grid`), grouped by the cache each trained on."""
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.transfer_grid import markdown, score_grid, to_json
+    from avatar_lightning.transfer_grid import score_grid
 
-    runs = [path.parent for path in score_files]
     by_cache: dict[str, list[Path]] = {}
     for run in runs:
-        by_cache.setdefault(cache or _run_cache(run), []).append(run)
+        by_cache.setdefault(str(cache) if cache else _run_cache(run), []).append(run)
     results = []
     for cache_dir, group in by_cache.items():
         results += score_grid(group, CaptureCache(cache_dir), drivers, work)
+    return results
+
+
+def write_transfer_outputs(results: Sequence[Any], drivers: Sequence[str | Path], out: Path) -> list[Path]:
+    """transfer_grid.md, .json and .png of :func:`transfer_results`."""
+    from avatar_lightning.transfer_grid import markdown, to_json
+
     table = markdown(results)
+    out.mkdir(parents=True, exist_ok=True)
     written = [out / "transfer_grid.md", out / "transfer_grid.json", out / "transfer_grid.png"]
     _write_text(written[0], table)
     _write_text(written[1], json.dumps(to_json(results), indent=1))
@@ -426,7 +440,70 @@ def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Pat
     axes.set_xlabel(f"transfer: mean Pearson over {len(drivers)} real driver(s) (higher is better; goal 0.8)")
     axes.margins(x=0.15)
     _save_figure(figure, written[2])
-    print(table)
+    return written
+
+
+def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,
+                   work: Path) -> list[Path]:
+    """Score every run's transfer on ``drivers`` (:mod:`transfer_grid`); writes transfer_grid.md, .json and .png."""
+    from avatar_lightning.transfer_grid import markdown
+
+    results = transfer_results([path.parent for path in score_files], drivers, cache, work)
+    print(markdown(results))
+    return write_transfer_outputs(results, drivers, out)
+
+
+def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str | None, out: Path) -> list[Path]:
+    """Cross-identity scores (:func:`evaluation.score_cross_identity`) of every run row and its baselines, added
+    to the rows as ``xid_relative_error``; writes cross_identity.md and its per-shape heat map."""
+    from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.evaluation import MEAN_LABEL, Scores, baselines, load_runs, score_cross_identity
+    from avatar_lightning.stages.encode import latent_source, load_head_vae
+    from avatar_lightning.stages.evaluate import cross_identity_heat_map, cross_identity_markdown
+
+    run_rows = [r for r in rows if r.kind == "run"]
+    caches = {str(cache) if cache else _run_cache(r.source.parent) for r in run_rows}
+    if len(caches) != 1:
+        raise CacheError(f"--synthetic-drivers: the runs trained on {len(caches)} caches ({sorted(caches)}); compare "
+                         "runs of one actor, or pass --cache")
+    actor = CaptureCache(caches.pop())
+    source = latent_source(actor, "head_vae")
+    if source is None:
+        raise CacheError(f"{actor.root}: no head VAE recorded for latents/head_vae; run `python -m avatar_lightning "
+                         "encode` with the head VAE the animators were trained against")
+    head_vae = load_head_vae(source)
+
+    def decode(z: Any) -> Any:
+        import numpy as np
+        import torch
+
+        with torch.no_grad():
+            return head_vae.decode_blend_weights(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
+
+    runs = load_runs([r.source.parent for r in run_rows])
+    candidates = [*runs, *baselines(actor, list(dict.fromkeys(c.features for c in runs)), "head_vae")]
+    driver_caches = [CaptureCache(d) for d in drivers]
+    shapes = list(actor.manifest.meta.get("blend_shapes") or driver_caches[0].manifest.meta.get("blend_shapes") or [])
+    scored = [Scores(c, cross_identity=score_cross_identity(c, driver_caches, actor, decode, shapes))
+              for c in candidates]
+    by_label = {}
+    for s in scored:
+        values = [v["metrics"]["relative_error"] for v in s.cross_identity.values()]
+        values = [v for v in values if v is not None]
+        s.metrics["xid_relative_error"] = sum(values) / len(values) if values else None
+        by_label[s.candidate.label] = s.metrics["xid_relative_error"]
+    for row, score in zip(run_rows, scored[: len(runs)], strict=True):  # labels may repeat; order does not
+        row.metrics["xid_relative_error"] = score.metrics["xid_relative_error"]
+    for row in rows:
+        if row.kind == "baseline":
+            label = MEAN_LABEL if "training mean" in row.label else f"baseline: nearest neighbour ({row.features})"
+            row.metrics["xid_relative_error"] = by_label.get(label)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [d.root.name for d in driver_caches]
+    _write_text(out / "cross_identity.md", cross_identity_markdown(scored, names, shapes))
+    written = [out / "cross_identity.md"]
+    if cross_identity_heat_map(scored, shapes, out / "cross_identity_shapes.png"):
+        written.append(out / "cross_identity_shapes.png")
     return written
 
 
@@ -445,8 +522,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--drivers", nargs="+", metavar="VIDEO",
                         help="real driving videos: also score every run's transfer on them (transfer_grid.md, .json, "
                              ".png; FaceMesh on the driver vs the run's decoded mesh)")
-    parser.add_argument("--cache", help="with --drivers: the actor's cache the runs trained on (default: from each "
-                                        "run's config.yaml)")
+    parser.add_argument("--synthetic-drivers", nargs="+", metavar="CACHE",
+                        help="synthetic driver caches (`synth --identity K --style S`): also score every run and "
+                             "baseline driven by these identities of known expression (cross_identity.md, a "
+                             "per-shape heat map, column xid_relative_error)")
+    parser.add_argument("--cache", help="with --drivers / --synthetic-drivers: the actor's cache the runs trained on "
+                                        "(default: from each run's config.yaml)")
     parser.add_argument("--work", type=Path, help="with --drivers: where driving caches are kept (default "
                                                   "<out>/drivers)")
     args = parser.parse_args(argv)
@@ -457,7 +538,12 @@ def main(argv: Sequence[str]) -> int:
     known = {m for row in rows for m in row.metrics}
     if unknown := [m for m in metrics if m not in known]:
         parser.error(f"unknown metric(s) {', '.join(unknown)}; the scores have {', '.join(sorted(known))}")
+    if args.synthetic_drivers:
+        written_cross = add_cross_identity(rows, args.synthetic_drivers, args.cache, args.out)
+        metrics.append("xid_relative_error")
     table, written = write_outputs(rows, metrics, args.out)
+    if args.synthetic_drivers:
+        written += written_cross
     if args.drivers:
         written += write_transfer(find_scores(args.runs), args.drivers, args.out, args.cache,
                                   args.work or args.out / "drivers")
