@@ -256,18 +256,23 @@ def grid_runs(actor: CaptureCache, tmp_path_factory: pytest.TempPathFactory, req
     return runs
 
 
-def test_every_learned_cell_beats_predicting_the_mean(grid_runs: Path) -> None:
+def test_every_learned_cell_beats_both_baselines(grid_runs: Path) -> None:
+    """On a problem with a learnable truth every cell must beat predicting the mean and the nearest neighbour, in
+    latents and in decoded blend weights, and be neither frozen nor much shakier than the targets (measured here:
+    learned latent MSE 0.012-0.087 against 0.19 for the nearest neighbour and 0.41 for the mean; jitter 1.2-2.4)."""
     for backbone, residual in GRID:
         scores = json.loads((grid_runs / "expression" / f"{backbone}_residual{residual}" / "scores.json").read_text())
         assert scores["model"]["backbone"] == backbone and scores["model"]["residual_dim"] == residual
-        learned, mean = scores["metrics"]["latent_mse"], scores["baselines"]["mean"]["metrics"]["latent_mse"]
-        assert learned < mean, f"{scores['label']}: {learned:.4g} is not below the mean's {mean:.4g}"
-        assert scores["metrics"]["blend_mse"] is not None  # decoded through the recorded head VAE checkpoint
+        for metric in ("latent_mse", "blend_mse"):
+            learned = scores["metrics"][metric]
+            assert learned is not None  # blend_mse: decoded through the recorded head VAE checkpoint
+            for key, baseline in scores["baselines"].items():
+                value = baseline["metrics"][metric]
+                assert learned < value, f"{scores['label']}: {metric} {learned:.4g} is not below {key}'s {value:.4g}"
         assert scores["reference"]["blend_mse_of_target_latents"] is not None
-        assert scores["baselines"]["nearest_neighbour"]["metrics"]["latent_mse"] is not None
         assert len(scores["per_frame"]["latent_mse"]) == scores["frames"] == 60
         assert scores["frames_scored"] < 60  # frames without a face are not scored
-        assert scores["metrics"]["jitter_ratio"] > 0
+        assert 0.5 < scores["metrics"]["jitter_ratio"] < 4.0, scores["metrics"]["jitter_ratio"]
 
 
 def test_compare_writes_the_grid_table(grid_runs: Path, tmp_path: Path) -> None:

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from avatar_lightning.cache import CaptureCache
+from avatar_lightning.evaluation import MEAN_LABEL, STANDARD_DRIVERS
 from avatar_lightning.video import count_frames, write_video
 from tests.conftest import REPO_ROOT
 from tests.features_fixtures import moving_face_frames
@@ -35,7 +39,8 @@ def test_demo_runs_the_whole_chain_and_writes_a_report(synthetic_tiny: CaptureCa
     assert terminal.count("GPU available:") == 1  # Lightning's run summary for the first fit only
     report = out / "report"
     for name in ("README.md", "scores.md", "scores.csv", "latent_mse.png", "per_frame_latent_mse.png",
-                 "cross_identity.md", "cross_identity.json", "animation.mp4", "transfer.md", "transfer.json",
+                 "evaluation.md", "evaluation.json", "psnr_face.png", "cross_identity.md", "cross_identity_shapes.png",
+                 "animation.mp4", "transfer.md", "transfer.json",
                  "transfer.png", "transfer_grid.md", "transfer_grid.json", "transfer_grid.png", "drive_astronaut.mp4",
                  "transfer_astronaut.json"):
         assert (report / name).is_file(), name
@@ -45,10 +50,21 @@ def test_demo_runs_the_whole_chain_and_writes_a_report(synthetic_tiny: CaptureCa
     assert synthetic["frames_driver"] == synthetic["frames_avatar"] == CaptureCache(out / "driver_1").num_frames
     driver = CaptureCache(out / "driver_1")
     assert count_frames(report / "animation.mp4") == driver.num_frames
-    cross = json.loads((report / "cross_identity.json").read_text())
-    assert len(cross["runs"]) == 6 and "predict the training mean" in cross["baselines"]
-    assert all(value >= 0 for value in cross["runs"].values())
+    evaluation = json.loads((report / "evaluation.json").read_text())
+    runs = [c for c in evaluation["candidates"] if c["kind"] == "run"]
+    assert len(runs) == 6 and len(evaluation["drivers"]) == len(STANDARD_DRIVERS)
+    chosen = min(runs, key=lambda c: c["metrics"]["val_latent_mse"])  # validation chooses, never test
+    assert evaluation["chosen"]["label"] == chosen["label"]
+    assert json.loads((out / "avatar" / "avatar.json").read_text())["source_cache"]  # the chosen cell exported
+    for candidate in evaluation["candidates"]:
+        for metric in ("latent_mse", "psnr_face", "ssim_face"):
+            assert np.isfinite(candidate["metrics"][metric]), (candidate["label"], metric)
+        if candidate["kind"] != "reference":
+            assert candidate["metrics"]["xid_relative_error"] > 0
+    mean = next(c for c in evaluation["candidates"] if c["label"] == MEAN_LABEL)
+    assert mean["metrics"]["xid_relative_error"] == pytest.approx(1.0, abs=1e-6)
     readme = (report / "README.md").read_text()
+    assert f"({chosen['label']}), chosen as the cell with the lowest latent MSE on the validation" in readme
     assert "Time per step" in readme and "animator lstm_mediapipe_residual" in readme
     assert "Transfer, measured on the videos" in readme and "Transfer of every grid cell" in readme
     assert (out / "avatar" / "avatar.json").is_file()

@@ -2,9 +2,10 @@
 
 synth actor -> features (``--features``, default mediapipe, made ``--relative``) -> head VAE (time budget) -> encode
 -> render-mesh -> re-render U-Net (time budget) -> the animator grid over those features (3 backbones x residual
-on/off, a shortened schedule) -> compare (with ``--drivers``: every cell's transfer on real videos) -> export the
-best cell's avatar -> synth another identity's driving video -> animate it (side by side) -> cross-identity scores
-and the transfer score of the video (and of each ``--drivers`` video, animated too). Every step runs the same code
+on/off, a shortened schedule) -> evaluate (validation chooses the cell; the test sequence scored in latents, blend
+shapes and rendered images; cross-identity on the standard synthetic drivers; with ``--drivers`` every cell's
+transfer on real videos) -> export the chosen cell's avatar -> synth another identity's driving video -> animate it
+(side by side) and score its transfer (and each ``--drivers`` video's, animated too). Every step runs the same code
 as its own command (Lightning fits go through the CLI with the experiment files); the shortened budgets are the only
 demo-specific settings and are printed in the report. A report folder collects the tables, plots, image grids, the
 video and the step timings.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
-from avatar_lightning.checkpoints import load_model
-from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array, valid_array
+from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # Offline everywhere; DECA needs the user's weights.
@@ -77,55 +76,6 @@ class Steps:
         return result
 
 
-@torch.no_grad()
-def cross_identity_scores(runs: Sequence[Path], actor: CaptureCache, driving: CaptureCache,
-                          truth_blend: np.ndarray, head_vae: Any, features: str = "mediapipe") -> dict[str, Any]:
-    """Blend-weight error of the avatar driven by another identity whose true expression is known.
-
-    Each identity has its own neutral face, so a constant per-identity offset is removed first: the mean over
-    the driving sequence of both the decoded and the true blend weights. Baselines are scored by the same code.
-    """
-    from avatar_lightning.models.animator import Animator
-    from avatar_lightning.scoring import mean_baseline, nearest_neighbour_baseline
-    from datamodules.animator import AnimatorDataModule
-
-    x = np.array(driving.array(feature_array(features)), dtype=np.float32)  # a writable copy for torch
-    valid = np.asarray(driving.array(valid_array(features)), dtype=bool)
-    if len(x) != len(truth_blend):
-        raise CacheError(f"{driving.root}: {len(x)} driving frames but {len(truth_blend)} true blend weights")
-    truth = truth_blend - truth_blend[valid].mean(axis=0)
-
-    def error(latents: np.ndarray) -> float:
-        blend = head_vae.decode_blend_weights(torch.from_numpy(np.ascontiguousarray(latents, np.float32))).numpy()
-        blend = blend - blend[valid].mean(axis=0)
-        return float(((blend - truth) ** 2)[valid].mean())
-
-    rows: dict[str, Any] = {"runs": {}, "baselines": {}, "frames": int(len(x)), "frames_scored": int(valid.sum())}
-    model = None
-    for run in runs:
-        model = load_model(Animator, run / "checkpoints" / "last.ckpt")
-        label = json.loads((run / "scores.json").read_text())["label"]
-        rows["runs"][label] = error(model.predict_sequence(torch.from_numpy(x)).numpy())
-    data = AnimatorDataModule(str(actor.root), features=features)
-    train_x, train_z = data.training_frames()
-    if model is not None:
-        bank = model.normalise_features(torch.from_numpy(train_x)).numpy()
-        query = model.normalise_features(torch.from_numpy(x)).numpy()
-        rows["baselines"][f"nearest neighbour ({features})"] = error(
-            nearest_neighbour_baseline(bank, train_z, [query])[0])
-    rows["baselines"]["predict the training mean"] = error(mean_baseline(train_z, [len(x)])[0])
-    return rows
-
-
-def _cross_identity_markdown(scores: dict[str, Any], identity: int) -> str:
-    lines = [f"Cross-identity: the avatar driven by synthetic identity {identity} ({scores['frames_scored']} of "
-             f"{scores['frames']} frames with a face), blend-weight MSE after removing each identity's mean "
-             "(lower is better).", "", "| driven by | blend MSE |", "|---|---|"]
-    lines += [f"| {label} | {value:.4g} |" for label, value in sorted(scores["runs"].items(), key=lambda kv: kv[1])]
-    lines += [f"| baseline: {label} | {value:.4g} |" for label, value in scores["baselines"].items()]
-    return "\n".join(lines) + "\n"
-
-
 def _score_transfer(driving: Path, animation: Any, out: Path) -> Any:
     """score-transfer of an ``animate`` result (the avatar half of its side-by-side video) against its driver."""
     from avatar_lightning.transfer_score import score_videos, write_report
@@ -166,6 +116,9 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
     prepare_capture(list(capture), actor_dir, PrepareOptions(overwrite=overwrite))
 
 
+# Test frames rendered per camera and candidate for the image metrics: 20 x 3 cameras x 9 candidates keeps the
+# demo's evaluation near a minute on a 2-core CPU (`evaluate` itself defaults to 50).
+DEMO_IMAGE_FRAMES = 20
 DRIVER_FACE_SAMPLES = 8  # frames of each --drivers video FaceMesh looks at before the demo trains anything
 
 
@@ -199,8 +152,8 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
     from avatar_lightning.avatar import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
-    from avatar_lightning.stages.compare import main as compare_main
     from avatar_lightning.stages.encode import encode_cache, load_head_vae, record_latent_source
+    from avatar_lightning.stages.evaluate import run_evaluation
     from avatar_lightning.stages.features import extract_features
     from avatar_lightning.stages.render_mesh import render_cache
     from avatar_lightning.synth.generate import generate
@@ -252,10 +205,11 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
                 "--trainer.enable_progress_bar=false"]))
     finally:
         torch.set_num_threads(threads)
-    cells = [p for p in sorted((grid_runs / features).iterdir()) if (p / "scores.json").is_file()]
-    drivers_args = ["--drivers", *map(str, drivers), "--cache", str(actor_dir), "--work", str(out / "drivers")]
-    step("compare", lambda: compare_main([str(grid_runs), "--out", str(report), *(drivers_args if drivers else [])]))
-    best = min(cells, key=lambda p: json.loads((p / "scores.json").read_text())["metrics"]["latent_mse"])
+    evaluation = step("evaluate (validation chooses; test, images, synthetic drivers)", lambda: run_evaluation(
+        [grid_runs / features], actor_dir, report, rerender=rerender_ckpt, head_vae=head_vae_ckpt,
+        image_frames=DEMO_IMAGE_FRAMES, synthetic=preset if not capture else "demo", drivers=drivers,
+        work=out / "drivers"))
+    best = evaluation.chosen.candidate.run_dir
     avatar_dir = out / "avatar"
     step("export", lambda: export_avatar(actor, avatar_dir, head_vae_ckpt, rerender_ckpt,
                                          best / "checkpoints" / "last.ckpt", overwrite=True))
@@ -267,7 +221,6 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     avatar = load_avatar(avatar_dir)
     animation = step("animate (side by side)", lambda: animate_video(
         video, avatar, report / "animation.mp4", work=out / "driving", with_driving=True))
-    driving = CaptureCache(out / "driving" / "driving")
     transfers = {video.name: step("transfer score (synthetic driver)", lambda: _score_transfer(
         video, animation, report / "transfer"))}
     for clip in drivers:
@@ -278,10 +231,6 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
         transfers[clip.name] = step(f"transfer score ({clip.name})", lambda clip=clip, driven=driven: _score_transfer(
             clip, driven, report / f"transfer_{clip.stem}"))
     (report / "transfer.md").write_text(_transfer_markdown(transfers))
-    scores = step("cross-identity scores", lambda: cross_identity_scores(
-        cells, actor, driving, np.asarray(driver.read("truth/blend_weights")), vae, features))
-    (report / "cross_identity.json").write_text(json.dumps(scores, indent=1))
-    (report / "cross_identity.md").write_text(_cross_identity_markdown(scores, identity))
     images = report / "images"
     images.mkdir(exist_ok=True)
     for name, folder in (("head_vae", runs / "head_vae"), ("rerender", runs / "rerender")):
@@ -290,16 +239,19 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
             shutil.copyfile(grids[-1], images / f"{name}_{grids[-1].name}")
     total = time.perf_counter() - total_start
     actor_label = f"real capture {list(capture)} (prepare)" if capture else f"synthetic, preset `{preset}`"
-    _write_readme(report, step.timings, total, animation, best, actor_label, head_vae_minutes, rerender_minutes,
-                  animator_steps)
+    _write_readme(report, step.timings, total, animation, evaluation, actor_label, head_vae_minutes,
+                  rerender_minutes, animator_steps)
     print(f"\ndemo done in {total / 60:.1f} min; report: {report}")
     return report
 
 
-def _write_readme(report: Path, timings: dict[str, float], total: float, animation: Any, best: Path, actor: str,
-                  head_vae_minutes: float, rerender_minutes: float, animator_steps: int) -> None:
+def _write_readme(report: Path, timings: dict[str, float], total: float, animation: Any, evaluation: Any,
+                  actor: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int) -> None:
+    from avatar_lightning.evaluation import SELECTION_RULE
+
     table = (report / "scores.md").read_text() if (report / "scores.md").is_file() else ""
-    cross = (report / "cross_identity.md").read_text()
+    cross = (report / "cross_identity.md").read_text() if (report / "cross_identity.md").is_file() else ""
+    best = evaluation.chosen.candidate.run_dir
     transfer = (report / "transfer.md").read_text()
     grid_transfer = (report / "transfer_grid.md").read_text() if (report / "transfer_grid.md").is_file() else ""
     lines = [
@@ -308,9 +260,10 @@ def _write_readme(report: Path, timings: dict[str, float], total: float, animati
         f"{rerender_minutes:g} min, animator {animator_steps} steps per cell (the paper: 15 000).", "",
         f"Video: `animation.mp4` ({animation.frames} frames, driving video left, avatar right; "
         f"{animation.frames_without_face} frames without a face; {animation.frames_per_second:.1f} frames/s).",
-        f"Exported avatar: the best cell by held-out latent MSE, `{best.parent.name}/{best.name}`.", "",
-        "## Held-out sequence (the actor's own test sequence)", "", table, "",
-        "## Cross-identity", "", cross, "",
+        f"Exported avatar: `{best.parent.name}/{best.name}` ({evaluation.chosen.candidate.label}), chosen as "
+        f"{SELECTION_RULE}.", "",
+        "## Held-out sequence (the actor's own test sequence; images of the full rendering)", "", table, "",
+        "## Cross-identity (synthetic drivers of known expression)", "", cross, "",
         "## Transfer, measured on the videos", "", transfer, "",
         *(["## Transfer of every grid cell on real drivers", "", grid_transfer, ""] if grid_transfer else []),
         "## Time per step", "", "| step | seconds |", "|---|---|",
