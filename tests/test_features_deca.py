@@ -1,9 +1,12 @@
-"""DECA's encoder: its layout (checked against DECA's published code), checkpoint loading, the two variants."""
+"""DECA's encoder: its layout (checked against DECA's published code), checkpoint loading, the two variants, and
+the whole extractor (FaceMesh box, crop, normalisation, encoder) against DECA's own test-time crop recipe done
+independently here on a face pasted at a known place and scale."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,7 +26,15 @@ from avatar_lightning.features.deca import (
     resolve_checkpoint,
     save_deca_checkpoint,
 )
-from tests.features_fixtures import blank, face_image, frames_cache, moving_face_frames, random_deca_checkpoint
+from tests.features_fixtures import (
+    HEAD_SQUARE,
+    astronaut,
+    blank,
+    face_image,
+    frames_cache,
+    moving_face_frames,
+    random_deca_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +165,180 @@ def test_features_stage_writes_both_variants(deca_checkpoint: Path, tmp_path: Pa
         x = cache.read(f"features/{name}")
         np.testing.assert_allclose(x[1], (x[0] + x[2]) / 2, rtol=1e-4, atol=1e-5)  # the faceless frame, filled
         assert cache.manifest.meta["features"][name]["checkpoint"] == str(deca_checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The extractor against an independent crop of a known face.
+#
+# The reference is DECA's own test-time pipeline, written here from its published code and sharing nothing with
+# avatar_lightning.features.crop or DecaEncoder: decalib/datasets/datasets.py ``TestData`` with 68 landmarks
+# (``bbox2point(type='kpt68')``: the landmarks' bounding box, side (w + h) / 2 * 1.1 about its centre, then
+# ``size = int(old_size * 1.25)``; the box's corners go to pixel centres 0 and 223 by skimage's
+# ``estimate_transform('similarity')``; ``warp`` (bilinear, black outside) of ``image / 255``: RGB, no mean/std),
+# and decalib/models/encoders.py ``ResnetEncoder`` (torchvision's ResNet-50 without fc, then Linear 2048-1024,
+# ReLU, Linear 1024-236) built from the checkpoint's raw ``E_flame`` tensors. FaceMesh stands in for DECA's FAN:
+# the iBUG-68 outline is the face oval without its forehead arc (jaw, chin, cheeks up to the ears) and both
+# eyebrows, taken from MediaPipe's own connection sets.
+#
+# The known face: the astronaut's head square pasted at a known place and size into a larger, non-square canvas.
+# Tolerances (measured with the random encoder of ``random_deca_checkpoint``, relative L2 error of the features):
+# - extractor vs the reference on the same frame and landmarks: 0.02-0.10 %. The extractor differs from DECA by
+#   design only below a pixel: its box edges map to the crop's edges where DECA maps the corners to pixel centres
+#   (224 / side vs 223 / size, 0.45 %), no int() on the side, a uint8 crop;
+# - FaceMesh is not exactly equivariant: on a moved or rescaled face its box moves with the face to within 2 % of
+#   the side (features at the carried box: up to 0.9 %); one photo at two sizes: up to 1 %.
+# A random ResNet-50's features are dominated by an input-independent part, so breakages move them by little,
+# but by more than that: box 10 % off 2.7 %, 5 % off 1.6 %, 1 pixel off 0.4 %; BGR 8.7 %; H and W swapped 2.3 %;
+# no /255 25 400 %; ImageNet mean/std 143 %. The boxes and the crop's pixels are checked directly as well.
+FOREHEAD_ARC = (10, 338, 297, 332, 284, 251, 389, 109, 67, 103, 54, 21, 162)  # FACEMESH_FACE_OVAL above the ears
+# Where the face's DECA box lies in the head square (centre x, centre y, side; units of the square's side): the
+# astronaut's face, in the upper middle of her head square. Measured once with FaceMesh (the crop it gives is
+# centred on her face, chin to hairline); FaceMesh found it within 0.004 of this at each of eight placements tried
+# (faces of 336-600 px). The reference shares the detector (FaceMesh and its pixel conversion) with the extractor;
+# this pins it to the known face, so landmarks in the wrong coordinates (x and y scales swapped, normalised units)
+# fail here, whatever the features do. The extractor's own box is then compared with the reference's.
+KNOWN_BOX = (0.486, 0.413, 0.392)
+KNOWN_BOX_TOLERANCE = 0.02  # 5 % of the box side
+MATCH = 0.003  # extractor vs the reference on the same frame
+CARRIED = 0.012  # extractor vs the reference at the box carried from another placement of the face
+SAME_FACE = 0.015  # extractor vs itself on the face at another placement
+CANVAS = (600, 800)  # H, W: not square, so x and y scales cannot be swapped unnoticed
+PLACEMENTS = {"big": (40, 20, 560), "moved": (200, 30, 560), "smaller": (360, 170, 392)}  # x0, y0, side
+
+
+def _outline_68() -> list[int]:
+    import mediapipe as mp
+
+    mesh = mp.solutions.face_mesh
+    oval = {i for edge in mesh.FACEMESH_FACE_OVAL for i in edge} - set(FOREHEAD_ARC)
+    brows = {i for edge in mesh.FACEMESH_LEFT_EYEBROW | mesh.FACEMESH_RIGHT_EYEBROW for i in edge}
+    return sorted(oval | brows)
+
+
+def _known_face(side: int) -> np.ndarray:
+    """The astronaut's head square at ``side`` pixels: one photo, every size resampled from the 560 px version."""
+    x0, y0, s = HEAD_SQUARE
+    big = cv2.resize(astronaut()[y0 : y0 + s, x0 : x0 + s], (560, 560), interpolation=cv2.INTER_CUBIC)
+    return big if side == 560 else cv2.resize(big, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _pasted(placement: str) -> np.ndarray:
+    x0, y0, side = PLACEMENTS[placement]
+    frame = np.empty((*CANVAS, 3), np.uint8)
+    frame[:] = (40, 90, 150)
+    frame[y0 : y0 + side, x0 : x0 + side] = _known_face(side)
+    return frame
+
+
+def _deca_box(landmarks: np.ndarray) -> np.ndarray:
+    """``bbox2point(type='kpt68')`` and TestData's scale 1.25: (cx, cy, side) in FaceMesh's pixel coordinates."""
+    points = landmarks[_outline_68(), :2]
+    left, top = points.min(0)
+    right, bottom = points.max(0)
+    old_size = (right - left + bottom - top) / 2 * 1.1
+    return np.array([right - (right - left) / 2, bottom - (bottom - top) / 2, old_size * 1.25])
+
+
+def _deca_crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``TestData.__getitem__``'s crop of ``frame`` at ``box``: ``(224, 224, 3)`` float RGB in [0, 1]."""
+    from skimage.transform import estimate_transform, warp
+
+    cx, cy = box[0] - 0.5, box[1] - 0.5  # FaceMesh puts pixel centres at +0.5, skimage (and FAN) at integers
+    size = int(box[2])
+    src = np.array([[cx - size / 2, cy - size / 2], [cx - size / 2, cy + size / 2], [cx + size / 2, cy - size / 2]])
+    dst = np.array([[0, 0], [0, 223], [223, 0]])
+    transform = estimate_transform("similarity", src, dst)
+    return warp(frame / 255.0, transform.inverse, output_shape=(224, 224))
+
+
+class _ReferenceEncoder:
+    """decalib's ``ResnetEncoder`` from the checkpoint's raw tensors: crop -> (features 2048, expression 50 + 3)."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from torchvision.models import resnet50
+
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["E_flame"]
+        self.resnet = resnet50(weights=None)
+        self.resnet.fc = torch.nn.Identity()
+        self.resnet.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+        self.resnet.eval()
+        self.w1, self.b1, self.w2, self.b2 = (state[f"layers.{i}.{p}"] for i in (0, 2) for p in ("weight", "bias"))
+
+    @torch.no_grad()
+    def __call__(self, crop: np.ndarray) -> dict[str, np.ndarray]:
+        image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float()[None]  # (1, 3, 224, 224)
+        features = self.resnet(image)
+        code = torch.relu(features @ self.w1.T + self.b1) @ self.w2.T + self.b2
+        # decalib/utils/config.py: shape 100, tex 50, exp 50, pose 6 (global 3, then jaw 3), cam 3, light 27
+        expression = torch.cat([code[:, 150:200], code[:, 203:206]], dim=1)
+        return {"deca_resnet": features[0].numpy(), "deca_expression": expression[0].numpy()}
+
+
+def _relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
+
+
+@pytest.fixture(scope="module")
+def known_faces(deca_checkpoint: Path) -> dict:
+    """Per placement: the frame, the extractor's outputs, box and crop, and DECA's box of FaceMesh's landmarks."""
+    from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker
+
+    extractor = build_extractor("deca", checkpoint=str(deca_checkpoint))
+    detector = FaceMeshTracker(static=True)
+    faces = {}
+    for placement in PLACEMENTS:
+        frame = _pasted(placement)
+        extractor.reset()  # each placement is a shot of its own: no smoothing from the previous one
+        values, valid = extractor.extract(frame[None])
+        box = extractor.cropper.last_box.copy()
+        extractor.reset()
+        crop = extractor.crops(frame[None])[0][0]
+        landmarks = detector(frame)
+        assert valid.tolist() == [True] and landmarks is not None
+        faces[placement] = {"frame": frame, "values": {k: v[0] for k, v in values.items()}, "box": box,
+                            "crop": crop, "landmark_box": _deca_box(landmarks)}
+    detector.close()
+    return {"faces": faces, "reference": _ReferenceEncoder(deca_checkpoint)}
+
+
+def test_outline_stand_in_is_the_crop_modules_point_set() -> None:
+    # The same FaceMesh points by another route (MediaPipe's connection sets), so the boxes below are comparable.
+    from avatar_lightning.features.crop import BOX_LANDMARKS
+
+    assert _outline_68() == sorted(set(BOX_LANDMARKS))
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+def test_extractor_equals_decas_crop_and_encoder_on_a_known_face(known_faces: dict, placement: str) -> None:
+    face, reference = known_faces["faces"][placement], known_faces["reference"]
+    x0, y0, side = PLACEMENTS[placement]
+    box = face["landmark_box"]
+    # The face is found where it was pasted, at the size it was pasted.
+    in_head_square = np.array([(box[0] - x0) / side, (box[1] - y0) / side, box[2] / side])
+    np.testing.assert_allclose(in_head_square, KNOWN_BOX, rtol=0, atol=KNOWN_BOX_TOLERANCE)
+    # The extractor crops DECA's box of these landmarks ...
+    np.testing.assert_allclose(face["box"], box, rtol=0, atol=1e-3 * box[2])
+    # ... into the pixels DECA's warp gives (up to sub-pixel conventions) ...
+    crop = _deca_crop(face["frame"], box)
+    assert np.abs(face["crop"] / 255.0 - crop).mean() < 0.01
+    # ... and its features are DECA's encoder's on DECA's crop.
+    expected = reference(crop)
+    for name in ("deca_resnet", "deca_expression"):
+        assert _relative_error(face["values"][name], expected[name]) < MATCH, name
+
+
+@pytest.mark.parametrize("placement", ["moved", "smaller"])
+def test_moved_and_scaled_face_gives_the_moved_crop(known_faces: dict, placement: str) -> None:
+    faces, reference = known_faces["faces"], known_faces["reference"]
+    (ax, ay, aside), (bx, by, bside) = PLACEMENTS["big"], PLACEMENTS[placement]
+    k = bside / aside
+    # The box of the face at its first placement, carried analytically to the new place and size.
+    a = faces["big"]["landmark_box"]
+    carried = np.array([bx + k * (a[0] - ax), by + k * (a[1] - ay), k * a[2]])
+    moved = faces[placement]
+    np.testing.assert_allclose(moved["box"], carried, rtol=0, atol=0.025 * carried[2])
+    # The extractor on the moved face: DECA's reference crop at the carried box, and what it saw before.
+    expected = reference(_deca_crop(moved["frame"], carried))
+    for name in ("deca_resnet", "deca_expression"):
+        assert _relative_error(moved["values"][name], expected[name]) < CARRIED, name
+        assert _relative_error(moved["values"][name], faces["big"]["values"][name]) < SAME_FACE, name
