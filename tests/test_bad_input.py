@@ -138,6 +138,21 @@ BREAKAGES: dict[str, Callable[[Path], None]] = {
 }
 
 
+def _run_with(tmp: Path, checkpoint: str) -> str:
+    """A run folder (``checkpoints/last.ckpt``) holding ``checkpoint``."""
+    run = tmp / "runs" / "cell"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, run / "checkpoints" / "last.ckpt")
+    return str(tmp / "runs")
+
+
+def _ingested(world: World, tmp: Path) -> str:
+    from avatar_lightning.stages.ingest import ingest_video
+
+    ingest_video(world.video("face"), tmp / "ingested", overwrite=True)
+    return str(tmp / "ingested")
+
+
 # ---------------------------------------------------------------------------------------------- the cases
 @dataclass(frozen=True)
 class Case:
@@ -417,6 +432,28 @@ def _cache_cases() -> list[Case]:
              "no scores.json found"),
         Case("compare", "missing runs folder", lambda w, t: ["compare", str(t / "absent"), "--out", str(t / "out")],
              "does not exist"),
+        Case("evaluate", "missing runs folder",
+             lambda w, t: ["evaluate", "--runs", str(t / "absent"), "--cache", str(w.actor(t)), "--out",
+                           str(t / "out")], "does not exist"),
+        Case("evaluate", "a folder without runs",
+             lambda w, t: ["evaluate", "--runs", str(w.videos), "--cache", str(w.actor(t)), "--out", str(t / "out")],
+             "no animator run"),
+        Case("evaluate", "a run whose checkpoint is another model's (head VAE)",
+             lambda w, t: ["evaluate", "--runs", _run_with(t, w.checkpoint("vae")), "--cache", str(w.actor(t)),
+                           "--out", str(t / "out"), "--head-vae", w.checkpoint("vae")], "is not a Animator checkpoint"),
+        Case("evaluate", "latents whose head VAE is not recorded, no --head-vae",
+             lambda w, t: ["evaluate", "--runs", _run_with(t, w.checkpoint("animator")), "--cache", str(w.actor(t)),
+                           "--out", str(t / "out")], "no head VAE recorded for latents/head_vae; pass --head-vae"),
+        Case("evaluate", "--rerender is a checkpoint of another model",
+             lambda w, t: ["evaluate", "--runs", _run_with(t, w.checkpoint("animator")), "--cache", str(w.actor(t)),
+                           "--out", str(t / "out"), "--head-vae", w.checkpoint("vae"), "--rerender",
+                           w.checkpoint("vae")],
+             "is not a Rerenderer checkpoint"),
+        Case("evaluate", "--synthetic-drivers a cache without truth (an ingested video)",
+             lambda w, t: ["evaluate", "--runs", _run_with(t, w.checkpoint("animator")), "--cache", str(w.actor(t)),
+                           "--out", str(t / "out"), "--head-vae", w.checkpoint("vae"), "--synthetic-drivers",
+                           _ingested(w, t)],
+             "has no truth/blend_weights"),
     ]
     for piece in ("avatar.json", "head_vae.ckpt", "rerender.ckpt", "animator.ckpt", "template.npz", "clean_plates"):
         cases.append(Case("animate", f"avatar folder without {piece}",

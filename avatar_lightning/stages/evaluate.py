@@ -29,7 +29,12 @@ def _rows(evaluation: Evaluation, cache: CaptureCache) -> list[Any]:
     from avatar_lightning.stages.compare import Row
 
     rows = []
-    for s in evaluation.scores:
+    def order(s: Scores) -> tuple[bool, float]:
+        value = s.metrics.get("val_latent_mse")
+        return (s.candidate.kind != "run", value if s.candidate.kind == "run" and value is not None else np.inf)
+
+    runs_first = sorted(evaluation.scores, key=order)  # stable: baselines and the reference keep their order
+    for s in runs_first:  # runs in the order of the choice (by validation), then baselines and the reference
         c = s.candidate
         rows.append(Row(kind="run" if c.kind == "run" else "baseline", label=c.label, backbone=c.backbone,
                         features=c.features, residual=c.residual, split="test (val chooses)",
@@ -145,6 +150,10 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
     lpips = load_lpips(lpips_backbone) if model is not None else None  # None (said once) without its file
     work = work or out / "work"
     driver_dirs = [Path(d) for d in synthetic_drivers]
+    for folder in driver_dirs:  # now, not after minutes of scoring
+        if not CaptureCache(folder).has("truth/blend_weights"):
+            raise CacheError(f"--synthetic-drivers {folder} has no truth/blend_weights: a cross-identity driver is a "
+                             "synthetic one (`python -m avatar_lightning synth --identity K --style S`)")
     if synthetic:
         driver_dirs += make_synthetic_drivers(synthetic, work / "synthetic")
     evaluation = evaluate(run_dirs, cache, vae, model, latents, cameras, image_frames, driver_dirs, lpips)
