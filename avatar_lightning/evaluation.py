@@ -289,7 +289,7 @@ def make_synthetic_drivers(preset: str, work: Path, seed: int = 0) -> list[Path]
 
 def driver_features(driver: CaptureCache, actor: CaptureCache, output: str) -> tuple[np.ndarray, np.ndarray]:
     """``features/<output>`` of a driver, extracted as the actor's were (same extractor and ``relative``)."""
-    from avatar_lightning.stages.features import extract_features
+    from avatar_lightning.stages.features import extract_features, options_from_record
 
     recorded = actor.manifest.meta.get("features", {}).get(output)
     if recorded is None:
@@ -298,7 +298,8 @@ def driver_features(driver: CaptureCache, actor: CaptureCache, output: str) -> t
     relative = recorded.get("relative", "none")
     made = driver.manifest.meta.get("features", {}).get(output, {})
     if not driver.has(feature_array(output)) or made.get("relative", "none") != relative:
-        extract_features(str(driver.root), recorded["extractor"], relative=relative, progress=False)
+        extract_features(str(driver.root), recorded["extractor"], options=options_from_record(recorded),
+                         relative=relative, progress=False)
         driver = CaptureCache(driver.root)
     return (np.asarray(driver.require_finite(feature_array(output)), np.float32),
             np.asarray(driver.array(valid_array(output)), bool))

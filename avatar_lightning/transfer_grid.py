@@ -67,7 +67,8 @@ class DrivingClips:
                 raise CacheError(f"{video}: FaceMesh found no face in any frame")
         return self._tracked[video]
 
-    def cache(self, video: Path, extractor: str, output: str, relative: str) -> CaptureCache:
+    def cache(self, video: Path, extractor: str, output: str, relative: str,
+              options: dict[str, Any] | None = None) -> CaptureCache:
         """``video`` ingested with ``features/<output>`` as ``extractor`` with ``relative`` makes them (kept)."""
         from avatar_lightning.stages.features import extract_features
         from avatar_lightning.stages.ingest import ingest_video
@@ -76,12 +77,14 @@ class DrivingClips:
         if not (folder / "manifest.json").is_file():
             ingest_video(video, folder, overwrite=True)
         if not CaptureCache(folder).has(feature_array(output)):
-            extract_features(folder, extractor, relative=relative, progress=False)
+            extract_features(folder, extractor, options=options, relative=relative, progress=False)
         return CaptureCache(folder)
 
-    def features(self, video: Path, extractor: str, output: str, relative: str) -> np.ndarray:
+    def features(self, video: Path, extractor: str, output: str, relative: str,
+                 options: dict[str, Any] | None = None) -> np.ndarray:
         """``features/<output>`` of ``video`` (see :meth:`cache`)."""
-        return np.asarray(self.cache(video, extractor, output, relative).read(feature_array(output)), np.float32)
+        cache = self.cache(video, extractor, output, relative, options)
+        return np.asarray(cache.read(feature_array(output)), np.float32)
 
 
 def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae: Any, mesh: Any) -> RunTransfer:
@@ -89,6 +92,7 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
     import json
 
     from avatar_lightning.models.animator import Animator
+    from avatar_lightning.stages.features import options_from_record
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
@@ -103,7 +107,8 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
     label = json.loads(scores_file.read_text())["label"] if scores_file.is_file() else run_dir.name
     scores = {}
     for video in clips.videos:
-        x = clips.features(video, recorded["extractor"], output, recorded.get("relative", "none"))
+        x = clips.features(video, recorded["extractor"], output, recorded.get("relative", "none"),
+                           options_from_record(recorded))
         with torch.no_grad():
             latents = model.predict_sequence(torch.from_numpy(x))
             _, blend = head_vae.decode(latents)

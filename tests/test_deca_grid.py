@@ -163,3 +163,25 @@ def test_compare_tables_the_deca_grid(deca_grid: dict, tmp_path: Path) -> None:
     assert sum(line.startswith("run,") for line in lines) == len(CELLS)
     for file in ("latent_mse.png", "blend_mse.png", "per_frame_latent_mse.png"):
         assert (report / file).stat().st_size > 0
+
+
+def test_evaluate_scores_the_deca_grid_and_drives_it_with_a_synthetic_identity(deca_grid: dict, deca_actor: dict,
+                                                                              tmp_path: Path) -> None:
+    """``evaluate`` over the nine cells: the driver's DECA features are remade with the checkpoint the actor's
+    manifest records (no --checkpoint, no $AVATAR_LIGHTNING_DECA), and the cell is chosen on validation."""
+    from avatar_lightning.synth.generate import generate
+
+    driver = generate(tmp_path / "driver", preset="tiny", identity=1, style="speaking", previews=False)
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--runs", str(deca_grid["runs"]), "--cache", str(deca_actor["root"]), "--out", str(out),
+                 "--synthetic-drivers", str(driver.root)]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    runs = [c for c in result["candidates"] if c["kind"] == "run"]
+    assert len(runs) == len(CELLS)
+    assert result["chosen"]["label"] == min(runs, key=lambda c: c["metrics"]["val_latent_mse"])["label"]
+    assert CaptureCache(driver.root).manifest.meta["features"]["deca_resnet"]["checkpoint"] == str(
+        deca_actor["checkpoint"])
+    for candidate in result["candidates"]:
+        if candidate["kind"] != "reference":
+            assert math.isfinite(candidate["metrics"]["xid_relative_error"]), candidate["label"]
+    assert "no image metrics: pass --rerender" in (out / "evaluation.md").read_text()

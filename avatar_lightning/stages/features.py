@@ -155,6 +155,14 @@ def extract_features(
     return summary
 
 
+def options_from_record(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The extractor options that remake features as a cache's manifest records them (another person's video
+    must get the features the animator learned from): DECA's checkpoint file; the others take none."""
+    if recorded.get("extractor") == "deca" and recorded.get("checkpoint"):
+        return {"checkpoint": recorded["checkpoint"]}
+    return {}
+
+
 def _report(cache: CaptureCache, summary: dict[str, Any]) -> str:
     lines = []
     for name, info in summary.items():
