@@ -352,6 +352,21 @@ class Evaluation:
         }
 
 
+COLLAPSED_LATENTS = 0.8  # the reference's blend error above this share of the mean baseline's: latents say little
+
+
+def _head_vae_check(scores: Sequence[Scores]) -> list[str]:
+    """A warning when the head VAE's own encoding of each frame decodes to blend weights barely better than the
+    training mean: its latents then carry little expression, and no animator can do better than that."""
+    by_label = {s.candidate.label: s.metrics.get("blend_mse") for s in scores}
+    reference, mean = by_label.get(REFERENCE_LABEL), by_label.get(MEAN_LABEL)
+    if reference is None or mean is None or reference <= COLLAPSED_LATENTS * mean:
+        return []
+    return [f"the head VAE's latents carry little expression: its own encoding of the test frames decodes to a "
+            f"blend MSE of {reference:.3g}, against {mean:.3g} for the training mean, so every cell is bounded by "
+            "that; train the head VAE longer (or check its KL weight) before comparing animators"]
+
+
 def choose(scores: Sequence[Scores]) -> Scores:
     """The learned cell chosen by :data:`SELECTION_RULE` (ties: the label, for a stable choice)."""
     runs = [s for s in scores if s.candidate.kind == "run" and s.metrics.get("val_latent_mse") is not None]
@@ -415,5 +430,6 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
             relative = [s["metrics"]["relative_error"] for s in result.cross_identity.values()]
             result.metrics["xid_relative_error"] = float(np.mean([r for r in relative if r is not None]))
         scored.append(result)
+    notes += _head_vae_check(scored)
     return Evaluation(scored, choose(scored), notes, [d.root.name for d in driver_caches], names, len(rows),
                       list(scorer.renderers) if scorer else [])

@@ -94,6 +94,17 @@ def _scores(label: str, val: float, test: float, kind: str = "run") -> Scores:
     return Scores(Candidate(label, kind, "f", None, Path(label)), {"val_latent_mse": val, "latent_mse": test})
 
 
+def test_a_head_vae_whose_latents_say_nothing_is_named() -> None:
+    from avatar_lightning.evaluation import _head_vae_check
+
+    def scores(reference: float, mean: float) -> list[Scores]:
+        return [Scores(Candidate(REFERENCE_LABEL, "reference", "-", None), {"blend_mse": reference}),
+                Scores(Candidate(MEAN_LABEL, "baseline", "-", None), {"blend_mse": mean})]
+
+    assert _head_vae_check(scores(0.0065, 0.0446)) == []  # the demo's head VAE: 7x below the mean
+    assert "carry little expression" in _head_vae_check(scores(0.0087, 0.0088))[0]  # a collapsed one
+
+
 def test_the_cell_is_chosen_on_validation_never_on_test() -> None:
     scores = [_scores("a", val=0.30, test=0.10), _scores("b", val=0.20, test=0.50), _scores("c", val=0.25, test=0.05),
               _scores("mean", val=0.01, test=0.01, kind="baseline")]
@@ -257,6 +268,8 @@ def test_evaluate_command_scores_every_candidate_and_chooses_on_validation(train
         assert set(per_shape) == set(BLEND_SHAPE_NAMES)
     report = (out / "evaluation.md").read_text()
     assert f"Chosen cell: **{result['chosen']['label']}**" in report and "no LPIPS" in report
+    # the fixture's head VAE is untrained: its latents decode to no better than the mean, and the report says so
+    assert "the head VAE's latents carry little expression" in report
 
 
 def test_compare_adds_cross_identity_of_synthetic_drivers(trained: dict[str, Path], tmp_path: Path) -> None:
