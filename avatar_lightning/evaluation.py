@@ -276,13 +276,14 @@ def image_rows(data: HeldOut, count: int) -> np.ndarray:
 
 
 def make_synthetic_drivers(preset: str, work: Path, seed: int = 0) -> list[Path]:
-    """The standard cross-identity drivers at ``preset``, made once in ``work`` and reused."""
+    """The standard cross-identity drivers at ``preset``, made once in ``work/<preset>`` and reused (with the
+    features extracted into them) by later calls."""
     from avatar_lightning.synth.generate import generate
 
     folders = []
     for identity, style in STANDARD_DRIVERS:
-        folder = work / f"identity{identity}_{style}"
-        generate(folder, preset=preset, identity=identity, seed=seed, style=style, previews=True, overwrite=True)
+        folder = work / preset / f"identity{identity}_{style}"
+        generate(folder, preset=preset, identity=identity, seed=seed, style=style, previews=True)
         folders.append(folder)
     return folders
 

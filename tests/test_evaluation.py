@@ -286,3 +286,15 @@ def test_compare_adds_cross_identity_of_synthetic_drivers(trained: dict[str, Pat
     column = header.index("xid_relative_error")
     mean_row = next(r for r in rows if "training mean" in r).split(",")
     assert float(mean_row[column]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_standard_drivers_are_made_once_and_reused(tmp_path: Path) -> None:
+    from avatar_lightning.evaluation import make_synthetic_drivers
+
+    first = make_synthetic_drivers("tiny", tmp_path)
+    assert [p.name for p in first] == [f"identity{i}_{s}" for i, s in STANDARD_DRIVERS]
+    stamps = [(p / "manifest.json").stat().st_mtime_ns for p in first]
+    again = make_synthetic_drivers("tiny", tmp_path)
+    assert again == first and [(p / "manifest.json").stat().st_mtime_ns for p in again] == stamps
+    styles = {CaptureCache(p).manifest.meta["style"] for p in first}
+    assert styles == {s for _, s in STANDARD_DRIVERS}
