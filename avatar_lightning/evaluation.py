@@ -348,7 +348,8 @@ class Evaluation:
             "candidates": [{"label": s.candidate.label, "kind": s.candidate.kind, "features": s.candidate.features,
                             "backbone": s.candidate.backbone, "residual": s.candidate.residual,
                             "run_dir": None if s.candidate.run_dir is None else str(s.candidate.run_dir),
-                            "metrics": s.metrics, "per_frame": s.per_frame, "cross_identity": s.cross_identity}
+                            "metrics": {k: _json_number(v) for k, v in s.metrics.items()},
+                            "per_frame": s.per_frame, "cross_identity": s.cross_identity}
                            for s in self.scores],
         }
 
@@ -366,6 +367,11 @@ def _head_vae_check(scores: Sequence[Scores]) -> list[str]:
     return [f"the head VAE's latents carry little expression: its own encoding of the test frames decodes to a "
             f"blend MSE of {reference:.3g}, against {mean:.3g} for the training mean, so every cell is bounded by "
             "that; train the head VAE longer (or check its KL weight) before comparing animators"]
+
+
+def _json_number(value: float | None) -> float | None:
+    """Strict JSON has no Infinity (a PSNR of identical frames): null, which the tables show as n/a."""
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def choose(scores: Sequence[Scores]) -> Scores:

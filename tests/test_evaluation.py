@@ -298,3 +298,38 @@ def test_the_standard_drivers_are_made_once_and_reused(tmp_path: Path) -> None:
     assert again == first and [(p / "manifest.json").stat().st_mtime_ns for p in again] == stamps
     styles = {CaptureCache(p).manifest.meta["style"] for p in first}
     assert styles == {s for _, s in STANDARD_DRIVERS}
+
+
+def test_lpips_is_measured_where_its_backbone_file_is_given(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A random AlexNet in torchvision's file layout stands in for the user's: LPIPS of the whole frame and of the
+    face box for every candidate, zero for a frame against itself, and no 'no LPIPS' note."""
+    import torchvision
+
+    from avatar_lightning.checkpoints import load_model
+    from avatar_lightning.models.rerender import Rerenderer
+    from avatar_lightning.nets.perceptual import ALEXNET_FILE, load_lpips
+    from avatar_lightning.stages.encode import load_head_vae
+
+    backbone = tmp_path / ALEXNET_FILE
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), backbone)
+    out = tmp_path / "report"
+    assert cli_main(["evaluate", "--runs", str(trained["runs"]), "--cache", str(trained["actor"]), "--out", str(out),
+                     "--rerender", str(trained["rerender"]), "--image-frames", "3", "--lpips-backbone",
+                     str(backbone)]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    for candidate in result["candidates"]:
+        for metric in ("lpips", "lpips_face"):
+            assert np.isfinite(candidate["metrics"][metric]) and candidate["metrics"][metric] >= 0
+    assert "no LPIPS" not in (out / "evaluation.md").read_text() and "lpips_face" in (out / "scores.md").read_text()
+
+    cache = CaptureCache(trained["actor"])
+    rows = np.arange(cache.sequences_in("test")[0].first, cache.sequences_in("test")[0].first + 4)
+    scorer = ImageScorer(cache, load_head_vae(trained["vae"]), load_model(Rerenderer, trained["rerender"]), rows,
+                         ["frontal"], load_lpips(backbone))
+    z = torch.from_numpy(np.asarray(cache.read("latents/head_vae"), np.float32)[rows])
+    scorer.captured["frontal"] = torch.from_numpy(scorer.renderers["frontal"].render(
+        z, list(range(len(rows))), poses=scorer.poses)).permute(0, 3, 1, 2).float() / 255
+    same = scorer.score(z.numpy())
+    assert same["lpips"] == pytest.approx(0.0, abs=1e-5) and same["lpips_face"] == pytest.approx(0.0, abs=1e-5)
+    assert same["psnr"] == np.inf and same["ssim"] == pytest.approx(1.0, abs=1e-5)
