@@ -424,7 +424,7 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
                                                            val.valid)["metrics"]["latent_mse"]
         test = data[(candidate.features, "test")]
         predicted = predictions(candidate, test)
-        blend_true = test.blend if test.blend is not None else None
+        blend_true = test.blend
         latent = score_sequences(predicted, test.z, test.valid,
                                  [decode(p) for p in predicted] if blend_true is not None else None, blend_true)
         result.metrics.update(latent["metrics"])
@@ -435,7 +435,8 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
             result.cross_identity = score_cross_identity(candidate, driver_caches, cache, decode, names)
         if result.cross_identity:
             relative = [s["metrics"]["relative_error"] for s in result.cross_identity.values()]
-            result.metrics["xid_relative_error"] = float(np.mean([r for r in relative if r is not None]))
+            relative = [r for r in relative if r is not None]  # None: a driver that moves no shape
+            result.metrics["xid_relative_error"] = float(np.mean(relative)) if relative else None
         scored.append(result)
     notes += _head_vae_check(scored)
     return Evaluation(scored, choose(scored), notes, [d.root.name for d in driver_caches], names, len(rows),
