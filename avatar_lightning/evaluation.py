@@ -306,6 +306,16 @@ def driver_features(driver: CaptureCache, actor: CaptureCache, output: str) -> t
             np.asarray(driver.array(valid_array(output)), bool))
 
 
+def blend_decoder(head_vae: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``z (L, Z) -> blend weights (L, K)`` through the head VAE's decoder, without gradients."""
+
+    @torch.no_grad()
+    def decode(z: np.ndarray) -> np.ndarray:
+        return head_vae.decode_blend_weights(torch.from_numpy(np.array(z, np.float32))).numpy()
+
+    return decode
+
+
 def score_cross_identity(candidate: Candidate, drivers: Sequence[CaptureCache], actor: CaptureCache,
                          decode: Callable[[np.ndarray], np.ndarray], names: Sequence[str] = ()) -> dict[str, Any]:
     """``{driver name: scoring.cross_identity_scores}`` of one candidate driven by each synthetic driver."""
@@ -395,11 +405,7 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
     candidates = [*runs, *baselines(cache, variants, latents),
                   Candidate(REFERENCE_LABEL, "reference", "-", None)]
     notes: list[str] = []
-
-    @torch.no_grad()
-    def decode(z: np.ndarray) -> np.ndarray:
-        return head_vae.decode_blend_weights(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
-
+    decode = blend_decoder(head_vae)
     data = {(f, split): held_out(cache, f if f != "-" else variants[0], latents, split)
             for f in [*variants, "-"] for split in ("val", "test")}
     test_any = data[("-", "test")]
@@ -410,7 +416,8 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
     else:
         scorer = ImageScorer(cache, head_vae, rerenderer, np.concatenate(test_any.rows)[rows], cameras, lpips)
         if lpips is None:
-            notes.append("no LPIPS: its AlexNet backbone file is missing (see `lpips_backbone` in the README)")
+            notes.append("no LPIPS: its AlexNet backbone file is missing; place it as the README's head-model section "
+                         "says, or pass --lpips-backbone FILE")
     driver_caches = [CaptureCache(d) for d in drivers]
     names = list(cache.manifest.meta.get("blend_shapes") or [])
     if driver_caches and not names:  # a real actor's cache: the drivers' synthetic rig names the same shapes

@@ -457,7 +457,14 @@ def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str |
     """Cross-identity scores (:func:`evaluation.score_cross_identity`) of every run row and its baselines, added
     to the rows as ``xid_relative_error``; writes cross_identity.md and its per-shape heat map."""
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.evaluation import MEAN_LABEL, Scores, baselines, load_runs, score_cross_identity
+    from avatar_lightning.evaluation import (
+        MEAN_LABEL,
+        Scores,
+        baselines,
+        blend_decoder,
+        load_runs,
+        score_cross_identity,
+    )
     from avatar_lightning.stages.encode import latent_source, load_head_vae
     from avatar_lightning.stages.evaluate import cross_identity_heat_map, cross_identity_markdown
 
@@ -471,15 +478,7 @@ def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str |
     if source is None:
         raise CacheError(f"{actor.root}: no head VAE recorded for latents/head_vae; run `python -m avatar_lightning "
                          "encode` with the head VAE the animators were trained against")
-    head_vae = load_head_vae(source)
-
-    def decode(z: Any) -> Any:
-        import numpy as np
-        import torch
-
-        with torch.no_grad():
-            return head_vae.decode_blend_weights(torch.from_numpy(np.ascontiguousarray(z, np.float32))).numpy()
-
+    decode = blend_decoder(load_head_vae(source))
     runs = load_runs([r.source.parent for r in run_rows])
     candidates = [*runs, *baselines(actor, list(dict.fromkeys(c.features for c in runs)), "head_vae")]
     driver_caches = [CaptureCache(d) for d in drivers]

@@ -28,11 +28,11 @@ TABLE_METRICS = ("val_latent_mse", "latent_mse", "blend_mse", "jitter_ratio", "p
 def _rows(evaluation: Evaluation, cache: CaptureCache) -> list[Any]:
     from avatar_lightning.stages.compare import Row
 
-    rows = []
     def order(s: Scores) -> tuple[bool, float]:
         value = s.metrics.get("val_latent_mse")
         return (s.candidate.kind != "run", value if s.candidate.kind == "run" and value is not None else np.inf)
 
+    rows = []
     runs_first = sorted(evaluation.scores, key=order)  # stable: baselines and the reference keep their order
     for s in runs_first:  # runs in the order of the choice (by validation), then baselines and the reference
         c = s.candidate
@@ -58,8 +58,8 @@ def cross_identity_markdown(scores: Sequence[Scores], drivers: Sequence[str], sh
     ordered = sorted(scored, key=lambda s: s.metrics.get("xid_relative_error") or np.inf)
     for s in ordered:
         cells = [s.cross_identity[d]["metrics"]["relative_error"] for d in drivers]
-        lines.append(f"| {s.candidate.label} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells)
-                     + f" | **{s.metrics['xid_relative_error']:.3f}** |")
+        lines.append(f"| {s.candidate.label} | " + " | ".join(_fmt(v) for v in cells)
+                     + f" | **{_fmt(s.metrics.get('xid_relative_error'))}** |")
     lines += ["", "Per blend shape (mean over the drivers that move it):", "",
               "| driven by | " + " | ".join(shapes) + " |", "|---|" + "---:|" * len(shapes)]
     for s in ordered:
@@ -67,6 +67,10 @@ def cross_identity_markdown(scores: Sequence[Scores], drivers: Sequence[str], sh
         lines.append(f"| {s.candidate.label} | " + " | ".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in means)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _per_shape(s: Scores) -> np.ndarray:
