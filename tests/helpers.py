@@ -79,17 +79,22 @@ class WindowRegressor(pl.LightningModule):
 
 
 def make_expression_cache(root: Path, seed: int = 0, feature_dim: int = 24, expression_dim: int = 5,
-                          latent_dim: int = 8, invalid_fraction: float = 0.05) -> tuple[CaptureCache, np.ndarray]:
+                          latent_dim: int = 8, invalid_fraction: float = 0.05,
+                          test_sequences: int = 1) -> tuple[CaptureCache, np.ndarray]:
     """A small capture whose features and latents are two views of one hidden expression trajectory.
 
     Per frame a smooth expression ``e (E,)`` drives person-independent features ``x = tanh(e A) + noise`` and the
     avatar's latents ``z = e B + noise``: the animator's problem with the truth known, learnable in seconds. A few
     frames per sequence have no face (``valid`` False, garbage values). Four 60-frame training sequences, a
-    30-frame validation one and a 60-frame test one. Returns the cache and ``B`` (expression -> latent).
+    30-frame validation one and 60 test frames in ``test_sequences`` sequences. Returns the cache and ``B``
+    (expression -> latent).
     """
     rng = np.random.default_rng(seed)
     sequences = [SequenceRecord(f"train_{i}", 60 * i, 60 * i + 59, "train") for i in range(4)]
-    sequences += [SequenceRecord("val", 240, 269, "val"), SequenceRecord("test", 270, 329, "test")]
+    sequences += [SequenceRecord("val", 240, 269, "val")]
+    bounds = np.linspace(270, 330, test_sequences + 1).round().astype(int)  # the 60 test frames, split evenly
+    sequences += [SequenceRecord("test" if k == 0 else f"test_{k}", int(a), int(b) - 1, "test")
+                  for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
     num_frames = sequences[-1].last + 1
     steps = rng.standard_normal((num_frames, expression_dim)) * 0.35
     expression = np.zeros_like(steps)

@@ -157,7 +157,7 @@ class Animator(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = masked_mse(self(batch["x"]), batch["z"], batch["valid"])  # zero residual, as at inference
-        self.log("val/latent_mse", loss, prog_bar=True, batch_size=len(batch["x"]))
+        self.log("val/latent_mse", loss, prog_bar=True, batch_size=len(batch["x"]), sync_dist=True)
         return loss
 
     @torch.no_grad()
@@ -189,20 +189,39 @@ class Animator(pl.LightningModule):
         return AnimatorStream(self)
 
     # ------------------------------------------------------------------ held-out scoring
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        prediction = self.predict_sequence(batch["x"].float())
-        self._test_outputs.append({
+    def _held_out_output(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prediction = self.predict_sequence(batch["x"].float().to(self.device))
+        return {
             "sequence": batch["sequence"], "frame_index": batch["frame_index"].cpu().numpy(),
-            "x": batch["x"].float(), "prediction": prediction.cpu().numpy(), "z": batch["z"].cpu().numpy(),
-            "valid": batch["valid"].cpu().numpy().astype(bool),
-        })
+            "x": batch["x"].float().to(self.device), "prediction": prediction.cpu().numpy(),
+            "z": batch["z"].cpu().numpy(), "valid": batch["valid"].cpu().numpy().astype(bool),
+        }
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._test_outputs.append(self._held_out_output(batch))
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
 
+    def _every_test_sequence(self, outputs: list[dict[str, Any]], datamodule: Any) -> list[dict[str, Any]]:
+        """This process's outputs completed to every held-out sequence once, in the split's order.
+
+        Under DDP the test loader is sharded (and padded with repeats), so one process saw only part of the split;
+        the scores each process writes must cover all of it, as one process's would. Sequences are cheap to
+        predict next to training, so the missing ones are predicted here rather than gathered across processes.
+        """
+        sequences = getattr(datamodule, "sequence_sets", {}).get("test")
+        if sequences is None:
+            return outputs
+        seen = {o["sequence"]: o for o in outputs}
+        return [seen.get(seq.name) or self._held_out_output(sequences[i])
+                for i, seq in enumerate(sequences.sequences)]
+
     def on_test_epoch_end(self) -> None:
         outputs, self._test_outputs = self._test_outputs, []
         datamodule = self._datamodule()
+        if datamodule is not None:
+            outputs = self._every_test_sequence(outputs, datamodule)
         if datamodule is None or not outputs:
             raise CacheError("scoring the animator needs an AnimatorDataModule with a held-out test sequence")
         cache = datamodule.cache
@@ -230,7 +249,7 @@ class Animator(pl.LightningModule):
             reference["blend_mse_of_target_latents"] = floor["metrics"]["blend_mse"]
         for name, value in scored["model"]["metrics"].items():
             if value is not None:
-                self.log(f"test/{name}", value)
+                self.log(f"test/{name}", value, sync_dist=True)  # equal on every process
         self._write_scores(scored, outputs, reference, note)
 
     def _blend_decoder(self, cache: CaptureCache, latents: str) -> tuple[Any, str | None]:
