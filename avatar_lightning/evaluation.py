@@ -30,6 +30,7 @@ from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.checkpoints import load_model
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.scoring import (
+    blend_decoder,
     cross_identity_scores,
     mean_baseline,
     nearest_neighbour_baseline,
@@ -86,14 +87,14 @@ class Scores:
 
 
 def _label(run_dir: Path, model: Any) -> str:
+    """The label its ``scores.json`` holds (what `compare` shows), else the model's own."""
     scores = run_dir / "scores.json"
     if scores.is_file():
         try:
             return str(json.loads(scores.read_text())["label"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    h = model.hparams
-    return f"{h.backbone} · {h.features}{' · residual' if h.residual_dim > 0 else ''}"
+    return str(model.label)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -241,17 +242,15 @@ class ImageScorer:
                 values["ssim"] += ssim.tolist()
                 squared_error = (rendered - target) ** 2
                 for i, (x0, y0, x1, y1) in enumerate(self.boxes[name][part]):
-                    a, b = rendered[i : i + 1, :, y0:y1, x0:x1], target[i : i + 1, :, y0:y1, x0:x1]
                     mse = float(squared_error[i, :, y0:y1, x0:x1].mean())
                     values["psnr_face"].append(10 * np.log10(1.0 / mse) if mse > 0 else float("inf"))
                     values["ssim_face"].append(float(ssim_map[i, :, y0:y1, x0:x1].mean()))
                     if self.lpips is not None:
                         values["lpips"].append(float(self.lpips(rendered[i : i + 1], target[i : i + 1])))
-                        size = (LPIPS_SIDE, LPIPS_SIDE)
-                        resize = torch.nn.functional.interpolate
-                        values["lpips_face"].append(float(self.lpips(
-                            resize(a, size, mode="bilinear", align_corners=False),
-                            resize(b, size, mode="bilinear", align_corners=False))))
+                        a, b = (torch.nn.functional.interpolate(image[i : i + 1, :, y0:y1, x0:x1],
+                                                                (LPIPS_SIDE, LPIPS_SIDE), mode="bilinear",
+                                                                align_corners=False) for image in (rendered, target))
+                        values["lpips_face"].append(float(self.lpips(a, b)))
         return {k: (float(np.mean(v)) if v else None) for k, v in values.items()}
 
 
@@ -306,14 +305,11 @@ def driver_features(driver: CaptureCache, actor: CaptureCache, output: str) -> t
             np.asarray(driver.array(valid_array(output)), bool))
 
 
-def blend_decoder(head_vae: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``z (L, Z) -> blend weights (L, K)`` through the head VAE's decoder, without gradients."""
-
-    @torch.no_grad()
-    def decode(z: np.ndarray) -> np.ndarray:
-        return head_vae.decode_blend_weights(torch.from_numpy(np.array(z, np.float32))).numpy()
-
-    return decode
+def require_truth(driver: CaptureCache) -> None:
+    """A cross-identity driver must know its true expression: a synthetic one."""
+    if not driver.has("truth/blend_weights"):
+        raise CacheError(f"{driver.root} has no truth/blend_weights: a cross-identity driver is a synthetic one "
+                         "(`python -m avatar_lightning synth --identity K --style S`)")
 
 
 def score_cross_identity(candidate: Candidate, drivers: Sequence[CaptureCache], actor: CaptureCache,
@@ -321,9 +317,7 @@ def score_cross_identity(candidate: Candidate, drivers: Sequence[CaptureCache], 
     """``{driver name: scoring.cross_identity_scores}`` of one candidate driven by each synthetic driver."""
     out = {}
     for driver in drivers:
-        if not driver.has("truth/blend_weights"):
-            raise CacheError(f"{driver.root}: no truth/blend_weights; a cross-identity driver is a synthetic one "
-                             "(`python -m avatar_lightning synth --identity K --style S`)")
+        require_truth(driver)
         truth = np.asarray(driver.read("truth/blend_weights"), np.float32)
         if candidate.features == "-":  # predict-the-mean reads no features: every frame counts
             x, valid = np.zeros((len(truth), 1), np.float32), np.ones(len(truth), bool)

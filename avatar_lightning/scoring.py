@@ -7,7 +7,7 @@ them side by side compares like with like. All metrics are lower-is-better excep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,6 +73,16 @@ def _per_frame(values: np.ndarray, valid: np.ndarray) -> list[float | None]:
 
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+def blend_decoder(head_vae: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``z (L, Z) -> blend weights (L, K)`` through the head VAE's decoder, without gradients (for scoring)."""
+
+    @torch.no_grad()
+    def decode(z: np.ndarray) -> np.ndarray:
+        return head_vae.decode_blend_weights(torch.from_numpy(np.array(z, np.float32))).numpy()
+
+    return decode
 
 
 def mean_baseline(train_latents: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.nets.animator import BACKBONES, AnimatorNet, Backbone
-from avatar_lightning.scoring import mean_baseline, nearest_neighbour_baseline, score_sequences
+from avatar_lightning.scoring import blend_decoder, mean_baseline, nearest_neighbour_baseline, score_sequences
 
 BLEND_WEIGHTS = "tracking/blend_weights"
 
@@ -269,26 +269,25 @@ class Animator(pl.LightningModule):
         if reason is not None:
             warnings.warn(reason, stacklevel=2)
             return None, reason
-        vae = load_head_vae(path)
-
-        @torch.no_grad()
-        def decode(z: np.ndarray) -> np.ndarray:
-            return vae.decode_blend_weights(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))).numpy()
-
-        return decode, None
+        return blend_decoder(load_head_vae(path)), None
 
     def _scores_dir(self) -> Path:
         log_dir = self.trainer.log_dir if self._trainer is not None else None
         return Path(log_dir or (self.trainer.default_root_dir if self._trainer is not None else "."))
 
+    @property
+    def label(self) -> str:
+        """The cell's name in tables: backbone, features, and whether it has the residual."""
+        h = self.hparams
+        return f"{h.backbone} · {h.features}{' · residual' if h.residual_dim > 0 else ''}"
+
     def _write_scores(self, scored: dict[str, dict], outputs: list[dict], reference: dict, note: str | None) -> None:
         h = self.hparams
-        residual = " · residual" if h.residual_dim > 0 else ""
         baseline_labels = {"mean": "predict the training mean",
                            "nearest_neighbour": f"nearest neighbour ({h.features})"}
         run_dir = self._scores_dir()
         report = {
-            "label": f"{h.backbone} · {h.features}{residual}",
+            "label": self.label,
             "run_dir": str(run_dir),
             "model": {"backbone": h.backbone, "features": h.features, "residual_dim": h.residual_dim,
                       "hidden": h.hidden, "layers": h.layers, "window": self.window, "steps": int(self.global_step)},

@@ -461,10 +461,10 @@ def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str |
         MEAN_LABEL,
         Scores,
         baselines,
-        blend_decoder,
         load_runs,
         score_cross_identity,
     )
+    from avatar_lightning.scoring import blend_decoder
     from avatar_lightning.stages.encode import latent_source, load_head_vae
     from avatar_lightning.stages.evaluate import cross_identity_heat_map, cross_identity_markdown
 

@@ -138,7 +138,7 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
                    work: Path | None = None, lpips_backbone: str | None = None) -> Evaluation:
     """The command's work, callable from the demo: evaluate, score real drivers, write the report."""
     from avatar_lightning.checkpoints import load_model
-    from avatar_lightning.evaluation import evaluate, find_runs, make_synthetic_drivers
+    from avatar_lightning.evaluation import evaluate, find_runs, make_synthetic_drivers, require_truth
     from avatar_lightning.models.rerender import Rerenderer
     from avatar_lightning.nets.perceptual import load_lpips
     from avatar_lightning.stages.encode import latent_source, load_head_vae
@@ -155,9 +155,7 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
     work = work or out / "work"
     driver_dirs = [Path(d) for d in synthetic_drivers]
     for folder in driver_dirs:  # now, not after minutes of scoring
-        if not CaptureCache(folder).has("truth/blend_weights"):
-            raise CacheError(f"--synthetic-drivers {folder} has no truth/blend_weights: a cross-identity driver is a "
-                             "synthetic one (`python -m avatar_lightning synth --identity K --style S`)")
+        require_truth(CaptureCache(folder))
     if synthetic:
         driver_dirs += make_synthetic_drivers(synthetic, work / "synthetic")
     evaluation = evaluate(run_dirs, cache, vae, model, latents, cameras, image_frames, driver_dirs, lpips)
