@@ -75,7 +75,7 @@ class HeadDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``z (B, Z)`` -> ``texture (B, 3, T, T)`` in [0, 1] and ``blend_weights (B, K)``."""
-        h = self.fc(z).view(len(z), self.top_channels, 4, 4)
+        h = self.fc(z).view(z.shape[0], self.top_channels, 4, 4)  # not len(z): an int fixes the batch in torch.export
         return self.texture(h), self.blend(z)
 
 
