@@ -80,6 +80,49 @@ def test_unet_keeps_the_image_size(depth: int, size: tuple[int, int]) -> None:
     assert net(torch.rand(2, 4, *size)).shape == (2, 6, *size)
 
 
+@pytest.mark.parametrize(("unshuffle", "depth", "size"), [(2, 0, (8, 8)), (2, 3, (64, 64)), (2, 3, (37, 50)),
+                                                       (3, 2, (25, 31))])
+def test_unshuffled_unet_keeps_the_image_size(unshuffle: int, depth: int, size: tuple[int, int]) -> None:
+    net = UNet(in_channels=4, out_channels=6, depth=depth, width=4, unshuffle=unshuffle)
+    assert net(torch.rand(2, 4, *size)).shape == (2, 6, *size)
+    assert net.down[0][0].in_channels == 4 * unshuffle**2 and net.head.out_channels == 6 * unshuffle**2
+
+
+def test_unet_memory_order_does_not_change_the_numbers() -> None:
+    """Channels-last is a speed setting only: the same weights give the same outputs in either order."""
+    torch.manual_seed(0)
+    fast = UNet(in_channels=4, out_channels=6, depth=3, width=8, unshuffle=2, channels_last=True).eval()
+    plain = UNet(in_channels=4, out_channels=6, depth=3, width=8, unshuffle=2, channels_last=False).eval()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.head.weight.is_contiguous()
+    x = torch.rand(2, 4, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-4)
+
+
+def test_unshuffled_unet_still_gives_every_output_pixel_its_own_value() -> None:
+    """Space-to-depth runs the levels at half resolution, yet a 1-pixel checkerboard (which any output made at
+    half resolution and upsampled cannot draw) is learned: the head has its own weights per sub-pixel."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, out_channels=1, depth=1, width=8, unshuffle=2, norm="none")
+    rows, cols = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    target = ((rows + cols) % 2).float()[None, None]
+    x = torch.full_like(target, 0.5)
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(x), target)
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 1e-3  # a constant or any blurred output scores 0.25
+
+
+def test_unet_rejects_a_bad_unshuffle() -> None:
+    with pytest.raises(ValueError, match="unshuffle"):
+        UNet(unshuffle=0)
+
+
 def test_unet_skip_connections_carry_full_resolution_detail() -> None:
     """One input pixel changes the output at that pixel through the level-0 skip even at depth 4."""
     net = UNet(in_channels=3, out_channels=6, depth=4, width=4, norm="none").eval()

@@ -37,6 +37,8 @@ class Rerenderer(pl.LightningModule):
         width: U-Net channels at full resolution (doubling per level, capped at ``max_width``).
         max_width: channel cap of the deep levels.
         norm: U-Net normalisation (``group``, ``batch``, ``none``).
+        unshuffle: the U-Net's space-to-depth factor (2: every level at half the resolution, a quarter of the
+            FLOPs; ``nets.unet.UNet``). Checkpoints from before it existed load with 1.
         lr: Adam learning rate (both optimisers).
         perceptual_weight: weight of LPIPS (off when 0 or when its backbone file is absent).
         lpips_backbone: path of the AlexNet file for LPIPS; None looks in torchvision's cache.
@@ -57,6 +59,7 @@ class Rerenderer(pl.LightningModule):
         width: int = 32,
         max_width: int = 256,
         norm: Literal["group", "batch", "none"] = "group",
+        unshuffle: int = 1,
         lr: float = 2e-4,
         perceptual_weight: float = 0.1,
         lpips_backbone: str | None = None,
@@ -75,7 +78,7 @@ class Rerenderer(pl.LightningModule):
             raise ValueError(f"adversarial_loss must be 'hinge' or 'lsgan', got {adversarial_loss!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.unet = UNet(in_channels, 6, depth, width, max_width, norm)
+        self.unet = UNet(in_channels, 6, depth, width, max_width, norm, unshuffle)
         self.discriminator = (PatchDiscriminator(discriminator_layers, discriminator_width)
                               if adversarial_weight > 0 else None)
         # Not registered as a submodule (as in HeadVAE): the frozen, user-supplied LPIPS stays out of checkpoints.

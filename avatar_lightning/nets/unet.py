@@ -34,7 +34,14 @@ class UNet(nn.Module):
 
     ``depth`` stride-2 downsamplings (max pooling), each doubling the channels (capped at ``max_width``);
     the decoder upsamples bilinearly and concatenates the encoder's features of the same level. Inputs of
-    any size work: they are padded (replicate) to a multiple of ``2**depth`` and the output is cropped back.
+    any size work: they are padded (replicate) to a multiple of ``unshuffle * 2**depth`` and the output is
+    cropped back.
+
+    ``unshuffle`` > 1 folds each ``unshuffle``² block of pixels into channels before the first convolution
+    (pixel-unshuffle, space-to-depth) and unfolds the head's output back (pixel-shuffle): every level then runs
+    at ``1/unshuffle`` of the resolution, so a 3x3 convolution costs ``unshuffle``² times less while the output
+    keeps full resolution (each output pixel still has its own weights in the head). At ``unshuffle=2`` and one
+    level less, the network sees the same receptive field for a quarter of the FLOPs (``benchmarks/rerender.py``).
 
     Args:
         in_channels: input channels (3: I_orig; 4: I_orig plus its coverage mask).
@@ -43,29 +50,39 @@ class UNet(nn.Module):
         width: channels at full resolution.
         max_width: cap on the channels of the deeper levels.
         norm: ``group`` (batch-size independent, the default), ``batch`` or ``none``.
+        unshuffle: space-to-depth factor of the input (1: the plain U-Net at full resolution).
+        channels_last: keep weights and activations in channels-last (NHWC) memory order. Same numbers; oneDNN's
+            convolutions on CPU and tensor cores on GPU run faster on it (measured in ``benchmarks/rerender.py``).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 6, depth: int = 4, width: int = 32,
-                 max_width: int = 256, norm: Norm = "group") -> None:
+                 max_width: int = 256, norm: Norm = "group", unshuffle: int = 1, channels_last: bool = True) -> None:
         super().__init__()
-        if depth < 0 or width < 1 or in_channels < 1 or out_channels < 1:
-            raise ValueError(f"need depth >= 0 and positive channel counts, got depth={depth}, width={width}")
+        if depth < 0 or width < 1 or in_channels < 1 or out_channels < 1 or unshuffle < 1:
+            raise ValueError(f"need depth >= 0, unshuffle >= 1 and positive channel counts, got depth={depth}, "
+                             f"width={width}, unshuffle={unshuffle}")
         if norm not in ("group", "batch", "none"):
             raise ValueError(f"norm must be group, batch or none, got {norm!r}")
-        self.depth = depth
+        self.depth, self.unshuffle, self.channels_last = depth, unshuffle, channels_last
         widths = [min(width * 2**level, max_width) for level in range(depth + 1)]
-        self.down = nn.ModuleList([ConvBlock(in_channels, widths[0], norm)])
+        self.down = nn.ModuleList([ConvBlock(in_channels * unshuffle**2, widths[0], norm)])
         self.down.extend(ConvBlock(widths[i - 1], widths[i], norm) for i in range(1, depth + 1))
         self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i], norm) for i in reversed(range(depth)))
-        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        self.head = nn.Conv2d(widths[0], out_channels * unshuffle**2, 1)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, C_in, H, W)`` -> ``(B, C_out, H, W)`` raw outputs (no activation)."""
         h, w = x.shape[-2:]
-        multiple = 2**self.depth
+        multiple = self.unshuffle * 2**self.depth
         pad_h, pad_w = -h % multiple, -w % multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips: list[Tensor] = []
         for level, block in enumerate(self.down):
             x = block(x if level == 0 else F.max_pool2d(x, 2))
@@ -75,4 +92,7 @@ class UNet(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)[..., :h, :w]
+        x = self.head(x)
+        if self.unshuffle > 1:
+            x = F.pixel_shuffle(x, self.unshuffle)
+        return x[..., :h, :w]

@@ -189,7 +189,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     step("re-render U-Net", lambda: _fit([
         "--config", str(EXPERIMENTS / "rerender.yaml"), *logged, f"--trainer.max_time={_minutes(rerender_minutes)}",
         "--trainer.val_check_interval=100", "--trainer.limit_val_batches=2", "--data.init_args.num_workers=0",
-        "--model.init_args.depth=4", "--model.init_args.width=16", "--model.init_args.lr=1e-3"]))
+        "--model.init_args.lr=1e-3"]))
     rerender_ckpt = _newest(runs / "rerender", "last.ckpt")
 
     grid_runs = runs / "animator"
