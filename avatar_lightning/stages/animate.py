@@ -36,6 +36,7 @@ from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache, relea
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
+from avatar_lightning.precision import PRECISIONS, autocast, resolve_precision
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
 from avatar_lightning.video import VideoWriter, probe_video
 
@@ -90,9 +91,12 @@ class AvatarRenderer:
     """Latents ``z (B, Z)`` -> composited frames ``(B, H, W, 3) uint8`` from one capture camera or an orbit."""
 
     def __init__(self, avatar: Avatar, camera: str | None = None, orbit: bool = False,
-                 background: np.ndarray | None = None, fps: float = 25.0, device: torch.device | None = None) -> None:
+                 background: np.ndarray | None = None, fps: float = 25.0, device: torch.device | None = None,
+                 precision: str = "32") -> None:
         self.avatar, self.orbit, self.fps = avatar, orbit, fps
         self.device = device or torch.device("cpu")
+        # float32 unless asked: scores (evaluate) stay comparable; `animate` asks for `auto` (bf16 where native)
+        self.precision = resolve_precision(precision, self.device)
         self.record = avatar.camera(camera)
         self.pose = torch.tensor(avatar.info["default_pose"], dtype=torch.float32, device=self.device)
         size = (self.record.height, self.record.width)
@@ -123,7 +127,9 @@ class AvatarRenderer:
                blend_weights: Tensor | None = None, poses: Tensor | None = None) -> np.ndarray:
         """Composited frames of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g. the capture's tracked
         poses when scoring held-out frames), else by ``rotations`` (the driving head's, ``(B, 3, 3)``), else fixed."""
-        texture, blend = self.avatar.head_vae.decode(z.to(self.device))
+        with autocast(self.precision, self.device):
+            texture, blend = self.avatar.head_vae.decode(z.to(self.device))
+        texture, blend = texture.float(), blend.float()
         if blend_weights is not None:  # --expression retarget: the driver's own weights shape the mesh
             blend = blend_weights.to(self.device, blend.dtype)
         if poses is not None:
@@ -136,8 +142,9 @@ class AvatarRenderer:
         i_orig, coverage = render_textured(self.avatar.mesh, vertices, texture.permute(0, 2, 3, 1), cameras,
                                            self.settings, self.rasterizer)
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
-        image = self.avatar.rerenderer(i_orig, self.plate, coverage).i_out  # eq. 1 over this renderer's plate
-        return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        with autocast(self.precision, self.device):
+            image = self.avatar.rerenderer(i_orig, self.plate, coverage).i_out  # eq. 1 over this renderer's plate
+        return (image.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def stream_latents(avatar: Avatar, features: np.ndarray, chunk: int) -> Iterator[tuple[int, Tensor]]:
@@ -146,7 +153,7 @@ def stream_latents(avatar: Avatar, features: np.ndarray, chunk: int) -> Iterator
     pending: list[Tensor] = []
     emitted = 0
     for start in range(0, len(features), chunk):
-        x = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32))  # a copy: mmaps are read-only
+        x = torch.from_numpy(np.array(features[start : start + chunk], dtype=np.float32)).to(avatar.animator.device)
         for row in x:
             pending += stream.push(row)
         while len(pending) >= chunk:
@@ -168,7 +175,8 @@ def side_by_side(driving: np.ndarray, rendered: np.ndarray) -> np.ndarray:
 def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera: str | None = None,
                   orbit: bool = False, with_driving: bool = False, background: np.ndarray | None = None,
                   chunk: int = 16, progress: Progress | None = None, pose: PoseSource = "fixed",
-                  expression: Expression = "animator") -> AnimationReport:
+                  expression: Expression = "animator", precision: str = "32",
+                  device: torch.device | None = None) -> AnimationReport:
     """Render the avatar performing the driving cache's frames (features already extracted) into ``out``.
 
     ``pose``: ``fixed`` holds the actor's average head pose; ``driving`` follows the driving head's rotation
@@ -177,6 +185,8 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     ``retarget`` (a departure: the mesh takes the driver's own fitted blend weights, ``features/tracked_blend``,
     and the texture still comes from the animator's latent; on real drivers the geometry then follows the driver
     at mean r 0.70 against 0.54-0.61 for the learned cells, see ``benchmarks/transfer_retarget.py``).
+    ``precision``: the networks' arithmetic (``avatar_lightning.precision``: ``32``, ``bf16``, ``16`` or ``auto``);
+    ``device``: where the avatar runs (its models are moved there; nvdiffrast rasterises on CUDA where it imports).
     """
     if expression not in ("animator", "retarget"):
         raise ValueError(f"expression must be 'animator' or 'retarget', got {expression!r}")
@@ -206,7 +216,9 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
             raise CacheError(f"{driving.root}: {retarget.shape[1]} tracked blend weights but the avatar's head has "
                              f"{avatar.mesh.num_blend_shapes} blend shapes")
     head = HeadRotationTracker() if pose == "driving" else None
-    renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps)
+    device = device or torch.device("cpu")
+    avatar.to(device)
+    renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps, device, precision)
     n = len(features)
     task = progress.add_task("animate", total=n, rate="") if progress else None
     start_time = time.perf_counter()
@@ -237,7 +249,8 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
                   camera: str | None = None, orbit: bool = False, with_driving: bool = False,
                   background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True,
                   pose: PoseSource = "fixed", expression: Expression = "animator",
-                  driving_size: int = DRIVING_MAX_SIDE) -> AnimationReport:
+                  driving_size: int = DRIVING_MAX_SIDE, precision: str = "32",
+                  device: torch.device | None = None) -> AnimationReport:
     """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``.
 
     Frames whose longer side exceeds ``driving_size`` are scaled down on ingest (see ``DRIVING_MAX_SIDE``).
@@ -261,7 +274,7 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
                    TextColumn("{task.fields[rate]}"))
         with Progress(*columns, disable=not show_progress) as progress:
             return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
-                                 chunk, progress, pose, expression)
+                                 chunk, progress, pose, expression, precision, device)
 
 
 def check_output_video(out: str | Path, driving: str | Path, overwrite: bool) -> None:
@@ -296,6 +309,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--background", help="an image to composite over instead of the camera's clean plate")
     parser.add_argument("--work", help="keep the ingested driving cache here (default: a temporary folder)")
     parser.add_argument("--chunk", type=int, default=16, help="frames rendered per batch")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (CUDA where present)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="the networks' arithmetic: auto (bf16 where the CPU or GPU does it natively, else 32), "
+                             "32, bf16, or 16 (CUDA)")
     parser.add_argument("--driving-size", type=int, default=DRIVING_MAX_SIDE, metavar="PIXELS",
                         help="scale larger driving frames down to this longer side on ingest (default: %(default)s)")
     parser.add_argument("--score", action="store_true",
@@ -313,14 +330,22 @@ def main(argv: Sequence[str]) -> int:
         if image is None:
             raise CacheError(f"{args.background}: not a readable image")
         background = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
+    try:
+        device = device or torch.device(args.device)
+        precision = resolve_precision(args.precision, device)
+    except (RuntimeError, ValueError) as error:
+        parser.error(str(error))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here")
     avatar = load_avatar(args.avatar)
     report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
                            background, args.chunk, not args.no_progress, args.pose, args.expression,
-                           args.driving_size)
+                           args.driving_size, precision, device)
     faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
-          f"({report.frames_per_second:.1f} frames/s){faceless}")
+          f"({report.frames_per_second:.1f} frames/s on {device.type}, precision {precision}){faceless}")
     if args.score:
         from avatar_lightning.transfer_score import markdown_table, score_videos, write_report
 
