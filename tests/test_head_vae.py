@@ -26,6 +26,23 @@ def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:
                       num_sanity_val_steps=0, **kwargs)
 
 
+def test_memory_order_does_not_change_the_numbers() -> None:
+    """Channels-last is a speed setting only: the same weights give the same outputs and gradients either way."""
+    torch.manual_seed(0)
+    fast = HeadVAENet(texture_size=32, num_blend_shapes=5, latent_dim=7, width=4, channels_last=True)
+    plain = HeadVAENet(texture_size=32, num_blend_shapes=5, latent_dim=7, width=4, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    assert fast.decoder.texture[1].weight.is_contiguous(memory_format=torch.channels_last)
+    texture, blend = torch.rand(3, 3, 32, 32), torch.rand(3, 5)
+    outputs = [net(texture, blend, sample=False) for net in (fast, plain)]
+    for a, b in zip(*outputs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for net, out in zip((fast, plain), outputs, strict=True):
+        out[0].square().mean().backward()
+    torch.testing.assert_close(fast.encoder.texture[0].weight.grad, plain.encoder.texture[0].weight.grad,
+                               atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_network_shapes_and_ranges(size: int) -> None:
     net = HeadVAENet(texture_size=size, num_blend_shapes=5, latent_dim=7, width=4)
@@ -79,8 +96,10 @@ def _small_cache(root: Path, textures: np.ndarray, blend: np.ndarray) -> Capture
     return cache
 
 
-def test_overfitting_a_handful_of_frames_cuts_texture_l1_five_fold(synthetic_tiny: CaptureCache,
-                                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_overfitting_a_handful_of_frames_cuts_texture_l1_five_fold(synthetic_tiny: CaptureCache, tmp_path: Path,
+                                                                   precision: str) -> None:
+    """In float32 and in Lightning's bf16 mixed precision (autocast): both train, channels-last as by default."""
     frames = np.arange(0, 160, 20)  # 8 frames, different expressions and head poses
     textures = synthetic_tiny.read("tracking/textures")[frames]
     textures = torch.nn.functional.interpolate(torch.from_numpy(textures).permute(0, 3, 1, 2).float(), size=32,
@@ -99,7 +118,7 @@ def test_overfitting_a_handful_of_frames_cuts_texture_l1_five_fold(synthetic_tin
         model.train()
         return error
 
-    trainer = _trainer(tmp_path, max_steps=250, limit_val_batches=0)
+    trainer = _trainer(tmp_path, max_steps=250, limit_val_batches=0, precision=precision)
     data.setup("fit")
     model.trainer, trainer.datamodule = trainer, data
     model.setup("fit")

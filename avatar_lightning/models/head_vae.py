@@ -46,6 +46,7 @@ class HeadVAE(pl.LightningModule):
         adversarial_loss: ``hinge`` or ``lsgan``.
         discriminator_layers: PatchGAN depth (receptive field 70 texels at 3).
         discriminator_width: channels of its first layer (pix2pix uses 64; 32 costs a quarter on a CPU).
+        channels_last: the VAE's convolutions in NHWC memory order (same numbers, faster; ``nets.head_vae``).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class HeadVAE(pl.LightningModule):
         adversarial_loss: Literal["hinge", "lsgan"] = "hinge",
         discriminator_layers: int = 3,
         discriminator_width: int = 32,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if adversarial_loss not in ("hinge", "lsgan"):
@@ -90,7 +92,8 @@ class HeadVAE(pl.LightningModule):
     # ------------------------------------------------------------------ construction
     def _build(self, texture_size: int, num_blend_shapes: int) -> None:
         self.hparams.texture_size, self.hparams.num_blend_shapes = texture_size, num_blend_shapes
-        self.vae = HeadVAENet(texture_size, num_blend_shapes, self.hparams.latent_dim, self.hparams.width)
+        self.vae = HeadVAENet(texture_size, num_blend_shapes, self.hparams.latent_dim, self.hparams.width,
+                              channels_last=self.hparams.get("channels_last", True))
         if self.hparams.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(self.hparams.discriminator_layers, self.hparams.discriminator_width)
 

@@ -80,14 +80,21 @@ class HeadDecoder(nn.Module):
 
 
 class HeadVAENet(nn.Module):
-    """Encoder and decoder together; ``forward`` samples z with the reparameterisation trick when training."""
+    """Encoder and decoder together; ``forward`` samples z with the reparameterisation trick when training.
+
+    ``channels_last`` keeps the convolutions' weights and activations in NHWC order: the same numbers, and
+    oneDNN's convolutions (forward and backward) on CPU, tensor cores on GPU, run faster on it
+    (``benchmarks/networks.py``).
+    """
 
     def __init__(self, texture_size: int = 128, num_blend_shapes: int = 17, latent_dim: int = 64, width: int = 32,
-                 max_width: int = 256) -> None:
+                 max_width: int = 256, channels_last: bool = True) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = HeadEncoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
         self.decoder = HeadDecoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
+        if channels_last:  # activations follow: a convolution with channels-last weights outputs channels-last
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, texture: Tensor, blend_weights: Tensor, sample: bool | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
