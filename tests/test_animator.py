@@ -101,16 +101,19 @@ def test_masked_mse_ignores_invalid_frames() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-def _built_animator(backbone: str = "lstm", window: int = 8) -> Animator:
+def _built_animator(backbone: str = "lstm", window: int = 8, residual_dim: int = 0) -> Animator:
     torch.manual_seed(0)
-    model = Animator(backbone=backbone, hidden=16, window=window, feature_dim=5, latent_dim=3).eval()
+    model = Animator(backbone=backbone, hidden=16, window=window, feature_dim=5, latent_dim=3,
+                     residual_dim=residual_dim).eval()
     model.feature_mean.normal_()
     model.latent_std.uniform_(0.5, 2.0)
     return model
 
 
-def test_sequence_prediction_averages_overlapping_windows() -> None:
-    model = _built_animator()
+@pytest.mark.parametrize(("backbone", "residual_dim"), [("lstm", 0), ("lstm", 4), ("mlp", 4), ("cnn", 0)])
+def test_sequence_prediction_averages_overlapping_windows(backbone: str, residual_dim: int) -> None:
+    """Against ``forward`` window by window: embedding each frame once (``Animator.embed``) changes nothing."""
+    model = _built_animator(backbone, residual_dim=residual_dim)
     x = torch.randn(13, 5)
     expected = torch.zeros(13, 3)
     count = torch.zeros(13, 1)

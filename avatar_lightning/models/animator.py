@@ -161,7 +161,19 @@ class Animator(pl.LightningModule):
         return loss
 
     @torch.no_grad()
-    def predict_sequence(self, x: Tensor, chunk: int = 256) -> Tensor:
+    def embed(self, x: Tensor) -> Tensor:
+        """Raw features ``(..., D)`` -> the input layer's output ``(..., hidden)`` at inference (zero residual).
+
+        Frame by frame and independent of the window, so overlapping windows share it: a frame in 8 windows is
+        projected from its D features once, not 8 times (the input layer is the widest matmul of the animator).
+        """
+        return self.net.inputs(self.normalise_features(x))
+
+    def from_embedded(self, h: Tensor) -> Tensor:
+        """Windows of embedded frames ``(B, T, hidden)`` -> latents ``(B, T, Z)``: the rest of ``forward``."""
+        return self.net.backbone(h) * self.latent_std + self.latent_mean
+
+    def predict_sequence(self, x: Tensor, chunk: int = 2048) -> Tensor:
         """Raw features of one sequence ``(L, D)`` -> latents ``(L, Z)``: overlapping windows, averaged per frame."""
         length, window = x.shape[0], min(self.window, x.shape[0])
         if x.ndim != 2 or x.shape[1] != self.hparams.feature_dim:
@@ -173,10 +185,11 @@ class Animator(pl.LightningModule):
         total = x.new_zeros(length, self.hparams.latent_dim)
         count = x.new_zeros(length, 1)
         offsets = torch.arange(window, device=x.device)
+        embedded = self.embed(x)  # (L, hidden): once per frame, then gathered into windows
         for i in range(0, len(starts), chunk):
             first = torch.tensor(starts[i : i + chunk], device=x.device)
             frames = first[:, None] + offsets  # (W, T)
-            y = self(x[frames])
+            y = self.from_embedded(embedded[frames])
             total.index_add_(0, frames.reshape(-1), y.reshape(-1, y.shape[-1]))
             count.index_add_(0, frames.reshape(-1), torch.ones_like(frames, dtype=x.dtype).reshape(-1, 1))
         return total / count
@@ -328,13 +341,13 @@ class AnimatorStream:
     @torch.no_grad()
     def push(self, x: Tensor) -> list[Tensor]:
         """``x (D,)`` raw features of the next frame -> the (possibly empty) list of newly final latents ``(Z,)``."""
-        self.features = [*self.features, x][-self.window :]
+        self.features = [*self.features, self.animator.embed(x)][-self.window :]  # embedded once per frame
         self.seen += 1
         self.sums.append(torch.zeros(self.animator.hparams.latent_dim, device=x.device))
         self.counts.append(0)
         if len(self.features) < self.window:
             return []
-        y = self.animator(torch.stack(self.features)[None])[0]  # (T, Z), for the last `window` frames
+        y = self.animator.from_embedded(torch.stack(self.features)[None])[0]  # (T, Z), the last `window` frames
         for k in range(self.window):
             self.sums[len(self.sums) - self.window + k] += y[k]
             self.counts[len(self.counts) - self.window + k] += 1
@@ -349,7 +362,7 @@ class AnimatorStream:
     def flush(self) -> list[Tensor]:
         """The remaining frames at the end of the stream (a stream shorter than a window runs as one window)."""
         if self.seen and self.seen < self.window:
-            y = self.animator(torch.stack(self.features)[None])[0]
+            y = self.animator.from_embedded(torch.stack(self.features)[None])[0]
             self.sums, self.counts = [], []
             self.emitted += len(y)
             return list(y)
