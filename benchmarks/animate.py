@@ -8,22 +8,27 @@ The avatar is assembled in memory, no files: the built-in synthetic actor's face
 camera sized to the benchmark resolution (the ``small`` preset's framing) with its clean plate, the actor's mean
 head pose over a 30 s synthetic performance, and the three networks at the sizes the experiment files train
 (head VAE of ``experiments/head_vae.yaml`` at 128^2 textures and 17 blend shapes, the re-render U-Net of
-``experiments/rerender.yaml``, the LSTM + residual animator on 1434-d MediaPipe features) with random weights:
+``experiments/rerender.yaml``, read from the file, the LSTM + residual animator on 1434-d MediaPipe features) with
+random weights:
 speed does not depend on the weights. The driving frames are the actor rendered at the same size by the
 synthesizer's studio renderer (real faces: MediaPipe tracks them; a random-weight avatar's output is not a face).
 
-Rows, in chunks of 16 frames as ``animate`` runs them (ms/frame = median seconds per chunk / 16): (1) MediaPipe
+The networks run at ``animate``'s default precision (``--precision auto``: bf16 where the CPU or GPU does it
+natively, else float32). Rows, in chunks of 16 frames as ``animate`` runs them (ms/frame = median seconds per
+chunk / 16): (1) MediaPipe
 landmarks (frame by frame inside), (2) the animator's streaming push (steady state: the stream is primed),
 (3) head VAE decode, (4) mesh deform + ``render_textured``, (5) re-render U-Net + composite + uint8 (the tail of
 ``AvatarRenderer.render``), (6) H.264 encoding of a whole clip through ``VideoWriter`` (open, write, flush).
 End to end is measured, not summed: features of the clip, then ``stream_latents`` -> ``AvatarRenderer.render``
 -> ``VideoWriter`` exactly as ``animate_cache`` does (no video decoding, no cache I/O); "rendering only" is
-``stream_latents`` -> ``render``. Baseline: the measured end-to-end time of the same run; every stage is given
-as its share of it, and the end-to-end rate against the goal (>= 10 frames/s at 256^2 on a CPU, >= 100 at
-512^2 on a GPU). What-if rows (not in the chain) show what row 5 would cost frame by frame, frame by frame in
-channels_last memory, and with the smaller U-Net the demo trains, with the end-to-end rate each would give.
-On a GPU the head VAE, U-Net and mesh run on CUDA; MediaPipe, the animator (``stream_latents`` feeds it CPU
-tensors) and encoding stay on the CPU. Without CUDA the GPU rows are recorded as null.
+``stream_latents`` -> ``render``. Every stage is given as its share of the measured end-to-end time, and the
+end-to-end rate against the goal (>= 10 frames/s at 256^2 on a CPU, >= 100 at 512^2 on a GPU). Baseline, measured
+end to end in the same run: the chain as it was before (the previous default U-Net: plain depth 5 at full
+resolution, NCHW memory, float32) -> ``speedup_over_baseline``. Variant rows show row 5 for the previous U-Net,
+today's in float32, and today's at the default precision, with the end-to-end rate each gives; ``bf16_psnr_db``
+is the PSNR between the same chunk rendered at the default precision and in float32 (how much bf16 changes).
+On a GPU the animator, head VAE, U-Net and mesh run on CUDA; MediaPipe and encoding stay on the CPU. Without
+CUDA the GPU rows are recorded as null.
 
 Measure on an idle machine: on 2 vCPUs another busy process stalls torch's threads (the load average is
 recorded).
@@ -33,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import platform
@@ -48,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,7 +64,10 @@ from avatar_lightning.features.mediapipe_landmarks import MediaPipeLandmarks  # 
 from avatar_lightning.models.animator import Animator  # noqa: E402
 from avatar_lightning.models.head_vae import HeadVAE  # noqa: E402
 from avatar_lightning.models.rerender import Rerenderer  # noqa: E402
+from avatar_lightning.nets.unet import UNet  # noqa: E402
+from avatar_lightning.precision import autocast  # noqa: E402
 from avatar_lightning.render import render_textured  # noqa: E402
+from avatar_lightning.runtime import make_runner  # noqa: E402
 from avatar_lightning.stages.animate import AvatarRenderer, stream_latents  # noqa: E402
 from avatar_lightning.synth.generate import PRESETS  # noqa: E402
 from avatar_lightning.synth.performance import generate_performance  # noqa: E402
@@ -69,13 +77,14 @@ from avatar_lightning.video import VideoWriter  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import timed  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 CHUNK = 16  # animate's default --chunk
 FPS = 25.0
 LATENT_DIM = 64
 FEATURE_DIM = 1434
 PRESET = PRESETS["small"]  # the preset the experiment files are sized for: 128^2 textures, face half the frame
 GOALS = {"cpu": (256, 10.0), "cuda": (512, 100.0)}  # device -> (size, end-to-end frames/s goal)
-DEMO_UNET = {"depth": 4, "width": 16}  # what `python -m avatar_lightning demo` trains: a what-if row
+BASELINE_UNET = {"depth": 5, "width": 32, "unshuffle": 1, "channels_last": False}  # the default before issue 14
 
 
 @dataclass
@@ -118,14 +127,12 @@ def build(size: int, frames: int, device: torch.device) -> Setup:
             "features": {"extractor": "mediapipe", "relative": "sequence", "output": "mediapipe"}}
     head_vae = HeadVAE(texture_size=PRESET.texture_size, num_blend_shapes=identity.face.num_blend_shapes,
                        latent_dim=LATENT_DIM, width=16, perceptual_weight=0.0, adversarial_weight=0.0).eval()
-    rerenderer = Rerenderer(in_channels=4, depth=5, width=32, max_width=256, norm="group",
-                            perceptual_weight=0.0).eval()
+    rerenderer = Rerenderer(**default_rerenderer(), perceptual_weight=0.0).eval()
     animator = Animator(features="mediapipe", backbone="lstm", residual_dim=16, feature_dim=FEATURE_DIM,
                         latent_dim=LATENT_DIM).eval()
-    # Not Avatar.to(device): stream_latents feeds the animator CPU tensors, so it has to stay on the CPU.
-    avatar = Avatar(Path("."), info, head_vae.to(device), rerenderer.to(device), animator,
-                    identity.face.to(device), [record], {record.name: plate})
-    renderer = AvatarRenderer(avatar, fps=FPS, device=device)
+    avatar = Avatar(Path("."), info, head_vae, rerenderer, animator, identity.face, [record], {record.name: plate})
+    avatar.to(device)
+    renderer = AvatarRenderer(avatar, fps=FPS, device=device, precision="auto")
     return Setup(avatar, renderer, driving, MediaPipeLandmarks(fps=FPS), device)
 
 
@@ -137,11 +144,26 @@ def extract(setup: Setup, frames: np.ndarray) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def rerender_tail(renderer: AvatarRenderer, rerenderer: Any, i_orig: Tensor, coverage: Tensor) -> np.ndarray:
+def default_rerenderer() -> dict[str, Any]:
+    """The re-render U-Net's settings in ``experiments/rerender.yaml`` (the default avatar's)."""
+    args = yaml.safe_load((REPO / "experiments" / "rerender.yaml").read_text())["model"]["init_args"]
+    keys = ("in_channels", "depth", "width", "max_width", "norm", "unshuffle")
+    return {key: args[key] for key in keys if key in args}
+
+
+def baseline_rerenderer(device: torch.device) -> Rerenderer:
+    """The re-render U-Net as it was before issue 14: plain depth 5 at full resolution, NCHW memory."""
+    rerenderer = Rerenderer(in_channels=4, depth=5, width=32, max_width=256, norm="group", perceptual_weight=0.0)
+    rerenderer.unet = UNet(4, 6, max_width=256, norm="group", **BASELINE_UNET)
+    return rerenderer.eval().to(device)
+
+
+def rerender_tail(renderer: AvatarRenderer, rerenderer: Any, i_orig: Tensor, coverage: Tensor,
+                  precision: str | None = None) -> np.ndarray:
     """What ``AvatarRenderer.render`` does after the mesh: U-Net, equation 1 over the plate, uint8 on the host."""
-    out = rerenderer(i_orig, renderer.plate, coverage)
-    image = out.alpha * i_orig + out.beta * out.i_corr + out.gamma * renderer.plate
-    return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    with autocast(precision or renderer.precision, renderer.device):
+        image = rerenderer(i_orig, renderer.plate, coverage).i_out
+    return (image.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def chain(setup: Setup, features: np.ndarray, out: Path | None) -> None:
@@ -175,10 +197,11 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
     stream = avatar.animator.stream()
     for row in x[: avatar.animator.window]:  # primed: every push below runs the LSTM and emits a latent
         stream.push(row)
-    z = avatar.animator.predict_sequence(torch.from_numpy(features))[:CHUNK].to(device)
+    z = avatar.animator.predict_sequence(torch.from_numpy(features).to(device))[:CHUNK]
     pose = renderer.pose.expand(CHUNK, 6)
-    texture, blend = avatar.head_vae.decode(z)
-    texture = texture.permute(0, 2, 3, 1)
+    with autocast(renderer.precision, device):
+        texture, blend = avatar.head_vae.decode(z)
+    texture, blend = texture.float().permute(0, 2, 3, 1), blend.float()
 
     def mesh() -> tuple[Tensor, Tensor]:
         vertices = avatar.mesh.deform(blend, pose)
@@ -186,14 +209,18 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
                                renderer.rasterizer)
 
     i_orig, coverage = (t.permute(0, 3, 1, 2) for t in mesh())
-    demo_unet = Rerenderer(in_channels=4, max_width=256, perceptual_weight=0.0, **DEMO_UNET).eval().to(device)
+    baseline = baseline_rerenderer(device)
     with FlopCounterMode(display=False) as flops:
         avatar.rerenderer(i_orig[:1], renderer.plate, coverage[:1])
     unet_gflop = flops.get_total_flops() / 1e9
 
     def animator() -> None:
         for row in x:
-            stream.push(row)
+            stream.push(row.to(device))
+
+    def decode() -> object:
+        with autocast(renderer.precision, device):
+            return avatar.head_vae.decode(z)
 
     scratch = tempfile.TemporaryDirectory(prefix="bench-animate-")  # removed at the end or at exit
     tmp = Path(scratch.name)
@@ -207,7 +234,7 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
         ("features", "1 features (MediaPipe landmarks)",
          lambda: setup.extractor(torch.from_numpy(setup.frames[:CHUNK])), CHUNK),
         ("animator", "2 animator (streaming push)", animator, CHUNK),
-        ("head_vae", "3 head VAE decode (128^2 + blend)", lambda: avatar.head_vae.decode(z), CHUNK),
+        ("head_vae", "3 head VAE decode (128^2 + blend)", decode, CHUNK),
         ("mesh", f"4 deform + rasterise + texture {size}^2", mesh, CHUNK),
         ("rerender", f"5 re-render U-Net + composite {size}^2",
          lambda: rerender_tail(renderer, avatar.rerenderer, i_orig, coverage), CHUNK),
@@ -218,17 +245,14 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
         median, best = timed(fn, device, min_time, max_repeats)
         rows[key] = {"what": label, "ms_per_frame": median / per_call * 1e3, "best_ms_per_frame": best / per_call * 1e3}
         print(f"  {label}: {rows[key]['ms_per_frame']:.2f} ms/frame", flush=True)
-    # Not in the chain: why row 5 costs what it does. A batch of 16 large activations is slower per frame on a
-    # CPU than one frame at a time (page faults, cache); channels_last suits oneDNN's convolutions.
-    last = copy.deepcopy(avatar.rerenderer).to(memory_format=torch.channels_last)
-    i_last, coverage_last = (t[:1].contiguous(memory_format=torch.channels_last) for t in (i_orig, coverage))
+    # Row 5's variants: the U-Net before issue 14, today's in float32, today's at the default precision.
     what_ifs: list[tuple[str, str, Callable[[], object], int]] = [
-        ("unet_batch_1", "  5 at batch 1 (frame by frame)",
-         lambda: rerender_tail(renderer, avatar.rerenderer, i_orig[:1], coverage[:1]), 1),
-        ("unet_batch_1_channels_last", "  5 at batch 1, channels_last",
-         lambda: rerender_tail(renderer, last, i_last, coverage_last), 1),
-        ("demo_unet", "  5 with the demo's U-Net (depth 4, width 16)",
-         lambda: rerender_tail(renderer, demo_unet, i_orig, coverage), CHUNK),
+        ("baseline_unet", "  5 previous U-Net (depth 5, NCHW, float32)",
+         lambda: rerender_tail(renderer, baseline, i_orig, coverage, "32"), CHUNK),
+        ("unet_float32", "  5 experiments/rerender.yaml U-Net, float32",
+         lambda: rerender_tail(renderer, avatar.rerenderer, i_orig, coverage, "32"), CHUNK),
+        ("unet_default_precision", f"  5 experiments/rerender.yaml U-Net, {renderer.precision}",
+         lambda: rerender_tail(renderer, avatar.rerenderer, i_orig, coverage), CHUNK),
     ]
     alternatives: dict[str, dict[str, Any]] = {}
     for key, label, fn, per_call in what_ifs:
@@ -242,6 +266,19 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
     e2e = wall(end_to_end, device) / clip * 1e3
     print(f"  end to end: {e2e:.2f} ms/frame", flush=True)
     rendering = wall(lambda: chain(setup, features, None), device) / clip * 1e3
+    # The baseline: the same chain with the previous U-Net in float32 (the chain as it was before issue 14).
+    default_unet, default_runner, default_precision = avatar.rerenderer, renderer.unet, renderer.precision
+    avatar.rerenderer, renderer.unet, renderer.precision = baseline, make_runner(baseline.unet, "torch"), "32"
+    try:
+        baseline_e2e = wall(end_to_end, device) / clip * 1e3
+        avatar.rerenderer, renderer.unet = default_unet, default_runner
+        float32_image = renderer.render(z, list(range(CHUNK)))  # today's networks in float32
+    finally:
+        avatar.rerenderer, renderer.unet, renderer.precision = default_unet, default_runner, default_precision
+    print(f"  end to end, baseline: {baseline_e2e:.2f} ms/frame", flush=True)
+    default_image = renderer.render(z, list(range(CHUNK)))
+    mse = np.mean((default_image.astype(np.float64) - float32_image.astype(np.float64)) ** 2)
+    precision_psnr = float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
     for row in rows.values():
         row["share_of_end_to_end"] = row["ms_per_frame"] / e2e
     stage_sum = sum(r["ms_per_frame"] for r in rows.values())
@@ -255,7 +292,10 @@ def measure(size: int, device: torch.device, quick: bool) -> dict[str, Any]:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "size": size, "chunk": CHUNK, "clip_frames": clip, "frames_with_face": faces, "rows": rows,
         "what_if": alternatives, "sum_of_stages_ms_per_frame": stage_sum,
+        "precision": renderer.precision, "bf16_psnr_db": precision_psnr if renderer.precision != "32" else None,
         "end_to_end_ms_per_frame": e2e, "end_to_end_frames_per_s": 1e3 / e2e,
+        "baseline_end_to_end_ms_per_frame": baseline_e2e, "baseline_end_to_end_frames_per_s": 1e3 / baseline_e2e,
+        "speedup_over_baseline": baseline_e2e / e2e,
         "rendering_only_ms_per_frame": rendering, "rendering_only_frames_per_s": 1e3 / rendering,
         "rendering_stages_sum_ms_per_frame": render_sum,
         "unet_gflop_per_frame": unet_gflop, "unet_gflop_per_s": unet_gflop / rows["rerender"]["ms_per_frame"] * 1e3,
@@ -268,7 +308,8 @@ def report(result: dict[str, Any]) -> None:
     """The table: ms/frame per stage, each as a share of the measured end-to-end time (the baseline)."""
     e2e = result["end_to_end_ms_per_frame"]
     print(f"\n{result['size']}^2 on {result['device']}, chunks of {CHUNK}, {result['clip_frames']}-frame clip "
-          f"({result['frames_with_face']} with a face); baseline: the measured end-to-end time")
+          f"({result['frames_with_face']} with a face), precision {result['precision']}; shares of the measured "
+          "end-to-end time")
     print(f"{'stage':<48}{'ms/frame':>10}{'best':>9}{'share':>9}")
     for row in result["rows"].values():
         print(f"{row['what']:<48}{row['ms_per_frame']:>10.2f}{row['best_ms_per_frame']:>9.2f}"
@@ -278,7 +319,11 @@ def report(result: dict[str, Any]) -> None:
               f"{row['end_to_end_frames_per_s_estimate']:.2f} frames/s")
     print(f"{'sum of stages 1-6':<48}{result['sum_of_stages_ms_per_frame']:>10.2f}{'':>9}"
           f"{result['sum_of_stages_ms_per_frame'] / e2e:>9.1%}")
-    print(f"{'end to end, measured (baseline)':<48}{e2e:>10.2f}{'':>9}{1:>9.1%}")
+    print(f"{'end to end, measured':<48}{e2e:>10.2f}{'':>9}{1:>9.1%}")
+    print(f"{'end to end, previous U-Net in float32 (baseline)':<48}{result['baseline_end_to_end_ms_per_frame']:>10.2f}"
+          f"   -> today's chain is {result['speedup_over_baseline']:.2f}x faster")
+    if result["bf16_psnr_db"] is not None:
+        print(f"{result['precision']} against float32, same networks and chunk: PSNR {result['bf16_psnr_db']:.1f} dB")
     print(f"rendering only (stream_latents -> render): {result['rendering_only_ms_per_frame']:.2f} ms/frame = "
           f"{result['rendering_only_frames_per_s']:.2f} frames/s (stages 2-5 sum "
           f"{result['rendering_stages_sum_ms_per_frame']:.2f} ms/frame)")

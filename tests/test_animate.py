@@ -230,3 +230,16 @@ def test_animate_refuses_a_precision_the_device_cannot_run(avatar_dir: Path, dri
                   str(tmp_path / "out.mp4"), "--device", "cpu", "--precision", "16"])
     assert error.value.code == 2 and "CUDA" in capsys.readouterr().err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_the_onnxruntime_backend_renders_the_torch_frames(avatar_dir: Path) -> None:
+    """The exported avatar through ONNX Runtime (head VAE decoder and U-Net) gives PyTorch's frames: within one
+    8-bit level (float32 both, only the order of the sums differs)."""
+    pytest.importorskip("onnxruntime")
+    avatar = load_avatar(avatar_dir)
+    z = torch.randn(3, LATENT_DIM, generator=torch.Generator().manual_seed(1))
+    reference = AvatarRenderer(avatar).render(z, [0, 1, 2]).astype(int)
+    onnx = AvatarRenderer(avatar, backend="onnxruntime").render(z, [0, 1, 2]).astype(int)
+    assert np.abs(reference - onnx).max() <= 1
+    with pytest.raises(ValueError, match="float32"):
+        AvatarRenderer(avatar, precision="bf16", backend="onnxruntime")

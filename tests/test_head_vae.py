@@ -37,7 +37,7 @@ def test_memory_order_does_not_change_the_numbers() -> None:
     outputs = [net(texture, blend, sample=False) for net in (fast, plain)]
     for a, b in zip(*outputs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    for net, out in zip((fast, plain), outputs, strict=True):
+    for out in outputs:
         out[0].square().mean().backward()
     torch.testing.assert_close(fast.encoder.texture[0].weight.grad, plain.encoder.texture[0].weight.grad,
                                atol=1e-5, rtol=1e-4)

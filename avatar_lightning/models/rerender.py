@@ -19,6 +19,7 @@ from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.compose import Composition, compose
+from avatar_lightning.models.gan import idle, judge_as_generator, update
 from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
@@ -102,13 +103,15 @@ class Rerenderer(pl.LightningModule):
     # ------------------------------------------------------------------ the model
     def forward(self, i_orig: Tensor, plate: Tensor, coverage: Tensor | None = None) -> Composition:
         """``i_orig (B, 3, H, W)``, ``plate (B|1, 3, H, W)``, ``coverage (B, 1, H, W)``, all in [0, 1]."""
+        return compose(i_orig, self.unet(self.net_input(i_orig, coverage)), plate)
+
+    def net_input(self, i_orig: Tensor, coverage: Tensor | None = None) -> Tensor:
+        """What the U-Net sees: I_orig, plus the coverage mask as a 4th channel where ``in_channels`` is 4."""
         if self.hparams.in_channels == 4:
             if coverage is None:
                 raise ValueError("this Rerenderer takes the mesh's coverage mask as a 4th input channel")
-            net_input = torch.cat([i_orig, coverage], dim=1)
-        else:
-            net_input = i_orig
-        return compose(i_orig, self.unet(net_input), plate)
+            return torch.cat([i_orig, coverage], dim=1)
+        return i_orig
 
     def _run(self, batch: dict[str, Tensor]) -> Composition:
         return self(batch["i_orig"], batch["plate"], batch.get("coverage"))
@@ -123,31 +126,22 @@ class Rerenderer(pl.LightningModule):
         return self.discriminator is not None and int(self.generator_steps) >= self.hparams.adversarial_start
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        optimizers = self.optimizers()
-        opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
+        """One U-Net (and discriminator) update from a single backward pass (DDP-safe: ``models/gan.py``)."""
         frame = batch["frame"]
         out = self._run(batch)
         losses = self._losses(out, frame)
         loss = (losses["l1"] + self.hparams.beta_weight * losses["beta"]
                 + self.hparams.perceptual_weight * losses.get("lpips", 0.0))
-        adversarial = self._adversarial_on()
+        adversarial, kind = self._adversarial_on(), self.hparams.adversarial_loss
+        d_loss = None
         if adversarial:
-            losses["g_adv"] = generator_loss(self.discriminator(out.i_out), self.hparams.adversarial_loss)
+            losses["g_adv"] = generator_loss(judge_as_generator(self.discriminator, out.i_out), kind)
             loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_g.step()
-        self.generator_steps += 1
-
-        if self.discriminator is not None:
-            opt_d = optimizers[1]
-            opt_d.zero_grad(set_to_none=True)
-            if adversarial:
-                real, fake = self.discriminator(frame), self.discriminator(out.i_out.detach())
-                d_loss = discriminator_loss(real, fake, self.hparams.adversarial_loss)
-                self.manual_backward(d_loss)
-                losses["d_loss"] = d_loss.detach()
-            opt_d.step()  # every batch (a no-op without gradients), so global_step is always 2 per batch
+            d_loss = discriminator_loss(self.discriminator(frame), self.discriminator(out.i_out.detach()), kind)
+            losses["d_loss"] = d_loss.detach()
+        elif self.discriminator is not None:
+            d_loss = idle(self.discriminator)
+        update(self, loss, d_loss, discriminator_learns=adversarial)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
@@ -160,7 +154,7 @@ class Rerenderer(pl.LightningModule):
         psnr, ssim = self.metrics[f"{stage}_psnr"], self.metrics[f"{stage}_ssim"]
         psnr(out.i_out, frame)
         ssim(out.i_out, frame)
-        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(frame))
+        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(frame), sync_dist=True)
         self.log(f"{stage}/psnr", psnr, prog_bar=True)
         self.log(f"{stage}/ssim", ssim)
         if "foreground" in batch:

@@ -33,11 +33,13 @@ from torch import Tensor
 
 from avatar_lightning.avatar import Avatar, load_avatar
 from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache, release_pages
+from avatar_lightning.compose import compose
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND
 from avatar_lightning.precision import PRECISIONS, autocast, resolve_precision
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
+from avatar_lightning.runtime import BACKENDS, make_runner
 from avatar_lightning.video import VideoWriter, probe_video
 
 PoseSource = Literal["fixed", "driving"]
@@ -92,11 +94,16 @@ class AvatarRenderer:
 
     def __init__(self, avatar: Avatar, camera: str | None = None, orbit: bool = False,
                  background: np.ndarray | None = None, fps: float = 25.0, device: torch.device | None = None,
-                 precision: str = "32") -> None:
+                 precision: str = "32", backend: str = "torch") -> None:
         self.avatar, self.orbit, self.fps = avatar, orbit, fps
         self.device = device or torch.device("cpu")
         # float32 unless asked: scores (evaluate) stay comparable; `animate` asks for `auto` (bf16 where native)
         self.precision = resolve_precision(precision, self.device)
+        if backend != "torch" and self.precision != "32":
+            raise ValueError(f"the {backend} backend runs the networks in float32; use --precision 32 with it")
+        # The two image networks through the chosen inference backend (avatar_lightning.runtime); torch: eager.
+        self.decode = make_runner(avatar.head_vae.vae.decoder, backend)
+        self.unet = make_runner(avatar.rerenderer.unet, backend)
         self.record = avatar.camera(camera)
         self.pose = torch.tensor(avatar.info["default_pose"], dtype=torch.float32, device=self.device)
         size = (self.record.height, self.record.width)
@@ -128,7 +135,7 @@ class AvatarRenderer:
         """Composited frames of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g. the capture's tracked
         poses when scoring held-out frames), else by ``rotations`` (the driving head's, ``(B, 3, 3)``), else fixed."""
         with autocast(self.precision, self.device):
-            texture, blend = self.avatar.head_vae.decode(z.to(self.device))
+            texture, blend = self.decode(z.to(self.device))
         texture, blend = texture.float(), blend.float()
         if blend_weights is not None:  # --expression retarget: the driver's own weights shape the mesh
             blend = blend_weights.to(self.device, blend.dtype)
@@ -143,7 +150,8 @@ class AvatarRenderer:
                                            self.settings, self.rasterizer)
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
         with autocast(self.precision, self.device):
-            image = self.avatar.rerenderer(i_orig, self.plate, coverage).i_out  # eq. 1 over this renderer's plate
+            raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
+        image = compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
         return (image.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -176,7 +184,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
                   orbit: bool = False, with_driving: bool = False, background: np.ndarray | None = None,
                   chunk: int = 16, progress: Progress | None = None, pose: PoseSource = "fixed",
                   expression: Expression = "animator", precision: str = "32",
-                  device: torch.device | None = None) -> AnimationReport:
+                  device: torch.device | None = None, backend: str = "torch") -> AnimationReport:
     """Render the avatar performing the driving cache's frames (features already extracted) into ``out``.
 
     ``pose``: ``fixed`` holds the actor's average head pose; ``driving`` follows the driving head's rotation
@@ -187,6 +195,8 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     at mean r 0.70 against 0.54-0.61 for the learned cells, see ``benchmarks/transfer_retarget.py``).
     ``precision``: the networks' arithmetic (``avatar_lightning.precision``: ``32``, ``bf16``, ``16`` or ``auto``);
     ``device``: where the avatar runs (its models are moved there; nvdiffrast rasterises on CUDA where it imports).
+    ``backend``: how the head VAE's decoder and the U-Net run (``avatar_lightning.runtime``: torch, onnxruntime,
+    compile).
     """
     if expression not in ("animator", "retarget"):
         raise ValueError(f"expression must be 'animator' or 'retarget', got {expression!r}")
@@ -218,7 +228,7 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
     head = HeadRotationTracker() if pose == "driving" else None
     device = device or torch.device("cpu")
     avatar.to(device)
-    renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps, device, precision)
+    renderer = AvatarRenderer(avatar, camera, orbit, background, driving.fps, device, precision, backend)
     n = len(features)
     task = progress.add_task("animate", total=n, rate="") if progress else None
     start_time = time.perf_counter()
@@ -250,7 +260,7 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
                   background: np.ndarray | None = None, chunk: int = 16, show_progress: bool = True,
                   pose: PoseSource = "fixed", expression: Expression = "animator",
                   driving_size: int = DRIVING_MAX_SIDE, precision: str = "32",
-                  device: torch.device | None = None) -> AnimationReport:
+                  device: torch.device | None = None, backend: str = "torch") -> AnimationReport:
     """Ingest ``video`` into ``work`` (a temporary folder by default), extract features, animate into ``out``.
 
     Frames whose longer side exceeds ``driving_size`` are scaled down on ingest (see ``DRIVING_MAX_SIDE``).
@@ -274,7 +284,7 @@ def animate_video(video: str | Path, avatar: Avatar, out: str | Path, work: str 
                    TextColumn("{task.fields[rate]}"))
         with Progress(*columns, disable=not show_progress) as progress:
             return animate_cache(avatar, CaptureCache(cache_dir), out, camera, orbit, with_driving, background,
-                                 chunk, progress, pose, expression, precision, device)
+                                 chunk, progress, pose, expression, precision, device, backend)
 
 
 def check_output_video(out: str | Path, driving: str | Path, overwrite: bool) -> None:
@@ -313,6 +323,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="the networks' arithmetic: auto (bf16 where the CPU or GPU does it natively, else 32), "
                              "32, bf16, or 16 (CUDA)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="how the head VAE decoder and the re-render U-Net run: torch (default), onnxruntime "
+                             "(float32; faster than torch in float32 on CPUs without native bf16, see "
+                             "benchmarks/backends.py) or compile (torch.compile)")
     parser.add_argument("--driving-size", type=int, default=DRIVING_MAX_SIDE, metavar="PIXELS",
                         help="scale larger driving frames down to this longer side on ingest (default: %(default)s)")
     parser.add_argument("--score", action="store_true",
@@ -333,7 +347,10 @@ def main(argv: Sequence[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     try:
         device = device or torch.device(args.device)
-        precision = resolve_precision(args.precision, device)
+        precision = resolve_precision("32" if args.backend != "torch" and args.precision == "auto"
+                                      else args.precision, device)
+        if args.backend != "torch" and precision != "32":
+            raise ValueError(f"--backend {args.backend} runs the networks in float32; drop --precision {precision}")
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -341,11 +358,12 @@ def main(argv: Sequence[str]) -> int:
     avatar = load_avatar(args.avatar)
     report = animate_video(args.driving, avatar, args.out, args.work, args.camera, args.orbit, args.side_by_side,
                            background, args.chunk, not args.no_progress, args.pose, args.expression,
-                           args.driving_size, precision, device)
+                           args.driving_size, precision, device, args.backend)
     faceless = (f"; no face in {report.frames_without_face} frames (features interpolated from neighbours, "
                 "every frame rendered)" if report.frames_without_face else "")
     print(f"wrote {report.out}: {report.frames} frames at {report.fps:g} fps in {report.seconds:.1f} s "
-          f"({report.frames_per_second:.1f} frames/s on {device.type}, precision {precision}){faceless}")
+          f"({report.frames_per_second:.1f} frames/s on {device.type}, {args.backend}, precision {precision})"
+          f"{faceless}")
     if args.score:
         from avatar_lightning.transfer_score import markdown_table, score_videos, write_report
 
