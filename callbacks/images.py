@@ -14,15 +14,16 @@ def log_image_grid(trainer: pl.Trainer, key: str, rows: list[Tensor], step: int)
     """Log ``rows`` (each ``(N, 3, H, W)`` in [0, 1], same N, H, W) as one grid, a row per tensor.
 
     Writes ``<log_dir>/images/<key>/step_<step>.png`` (CSV logging has no image channel) and sends the grid
-    to loggers with an image API (Weights & Biases, TensorBoard). Rank zero only.
+    to loggers with an image API (Weights & Biases, TensorBoard). Rank zero writes; every process must call it.
     """
+    log_dir = trainer.log_dir  # a broadcast under DDP: asked on rank zero alone, it waits for the others forever
     if not trainer.is_global_zero:
         return None
     images = torch.cat([r.detach().float().cpu().clamp(0, 1) for r in rows])
     grid = make_grid(images, nrow=len(rows[0]), padding=2)
     path = None
-    if trainer.log_dir is not None:
-        path = Path(trainer.log_dir) / "images" / key.replace("/", "_") / f"step_{step:07d}.png"
+    if log_dir is not None:
+        path = Path(log_dir) / "images" / key.replace("/", "_") / f"step_{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
     for logger in trainer.loggers:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.cache import CacheError
+from avatar_lightning.models.gan import idle, judge_as_generator, update
 from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
@@ -47,6 +48,9 @@ class HeadVAE(pl.LightningModule):
         discriminator_layers: PatchGAN depth (receptive field 70 texels at 3).
         discriminator_width: channels of its first layer (pix2pix uses 64; 32 costs a quarter on a CPU).
         channels_last: the VAE's convolutions in NHWC memory order (same numbers, faster; ``nets.head_vae``).
+        sample_latent: draw z ~ N(mu, sigma^2) in training, the VAE (default); False decodes mu, a deterministic
+            auto-encoder regularised by the KL term, whose fit depends only on which frames each step sees (the
+            DDP test compares two processes with one this way: their noise draws cannot be the same).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class HeadVAE(pl.LightningModule):
         discriminator_layers: int = 3,
         discriminator_width: int = 32,
         channels_last: bool = True,
+        sample_latent: bool = True,
     ) -> None:
         super().__init__()
         if adversarial_loss not in ("hinge", "lsgan"):
@@ -150,10 +155,9 @@ class HeadVAE(pl.LightningModule):
         return losses
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """One generator and one discriminator update from a single backward pass (DDP-safe: ``models/gan.py``)."""
         texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
-        optimizers = self.optimizers()
-        opt_g = optimizers[0] if isinstance(optimizers, list) else optimizers
-        recon, blend_out, mu, log_var = self.vae(texture, blend)
+        recon, blend_out, mu, log_var = self.vae(texture, blend, sample=self.hparams.sample_latent)
         losses = self._reconstruction_losses(texture, blend, recon, blend_out, mu, log_var)
         loss = (
             losses["texture_l1"]
@@ -161,26 +165,17 @@ class HeadVAE(pl.LightningModule):
             + self._kl_weight() * losses["kl"]
             + self.hparams.perceptual_weight * losses.get("lpips", 0.0)
         )
-        adversarial = self._adversarial_on()
+        adversarial, kind = self._adversarial_on(), self.hparams.adversarial_loss
+        d_loss = None
         if adversarial:
-            losses["g_adv"] = generator_loss(self.discriminator(recon), self.hparams.adversarial_loss)
+            losses["g_adv"] = generator_loss(judge_as_generator(self.discriminator, recon), kind)
             loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_g.step()
-        self.generator_steps += 1
-
-        if self.discriminator is not None:
-            opt_d = optimizers[1]
-            opt_d.zero_grad(set_to_none=True)
-            if adversarial:  # the discriminator learns alongside the generator once the term is on
-                d_loss = discriminator_loss(
-                    self.discriminator(texture), self.discriminator(recon.detach()), self.hparams.adversarial_loss
-                )
-                self.manual_backward(d_loss)
-                losses["d_loss"] = d_loss.detach()
-            # Stepped every batch (a no-op without gradients) so global_step is always 2 per batch.
-            opt_d.step()
+            # the discriminator learns alongside the generator once the term is on
+            d_loss = discriminator_loss(self.discriminator(texture), self.discriminator(recon.detach()), kind)
+            losses["d_loss"] = d_loss.detach()
+        elif self.discriminator is not None:
+            d_loss = idle(self.discriminator)
+        update(self, loss, d_loss, discriminator_learns=adversarial)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
@@ -193,7 +188,7 @@ class HeadVAE(pl.LightningModule):
         psnr, ssim = self.metrics[f"{stage}_psnr"], self.metrics[f"{stage}_ssim"]
         psnr(recon, texture)
         ssim(recon, texture)
-        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(texture))
+        self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=len(texture), sync_dist=True)
         self.log(f"{stage}/psnr", psnr, prog_bar=True)
         self.log(f"{stage}/ssim", ssim)
         return {"input": texture, "reconstruction": recon}
