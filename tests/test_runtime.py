@@ -56,7 +56,9 @@ def test_unet_matches_eager(backend: str) -> None:
         x = torch.rand(shape)
         with torch.no_grad():
             expected = net(x)
-        assert_close(run(x), expected)
+        out = run(x)
+        assert_close(out, expected)
+        assert not out.requires_grad
     if backend == "onnxruntime":
         assert run.exports == 2  # one per height and width: the batch dimension is dynamic
 
