@@ -41,7 +41,7 @@ class UNet(nn.Module):
     (pixel-unshuffle, space-to-depth) and unfolds the head's output back (pixel-shuffle): every level then runs
     at ``1/unshuffle`` of the resolution, so a 3x3 convolution costs ``unshuffle``² times less while the output
     keeps full resolution (each output pixel still has its own weights in the head). At ``unshuffle=2`` and one
-    level less, the network sees the same receptive field for a quarter of the FLOPs (``benchmarks/rerender.py``).
+    level less, the network sees the same receptive field for a quarter of the FLOPs (``benchmarks/networks.py``).
 
     Args:
         in_channels: input channels (3: I_orig; 4: I_orig plus its coverage mask).
@@ -52,7 +52,7 @@ class UNet(nn.Module):
         norm: ``group`` (batch-size independent, the default), ``batch`` or ``none``.
         unshuffle: space-to-depth factor of the input (1: the plain U-Net at full resolution).
         channels_last: keep weights and activations in channels-last (NHWC) memory order. Same numbers; oneDNN's
-            convolutions on CPU and tensor cores on GPU run faster on it (measured in ``benchmarks/rerender.py``).
+            convolutions on CPU and tensor cores on GPU run faster on it (measured in ``benchmarks/networks.py``).
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 6, depth: int = 4, width: int = 32,
