@@ -24,14 +24,6 @@ def latent_array(run: str) -> str:
     return f"latents/{run}"
 
 
-class EpochBatchSampler(BatchSampler):
-    """A ``BatchSampler`` that passes Lightning's ``set_epoch`` on to its sampler (Lightning looks one level deep)."""
-
-    def set_epoch(self, epoch: int) -> None:
-        if callable(getattr(self.sampler, "set_epoch", None)):
-            self.sampler.set_epoch(epoch)
-
-
 class BatchedWindows(CacheWindowDataset):
     """Item ``[i, j, ...]`` (a list of window indices) is a whole batch: ``(B, T, ...)`` tensors."""
 
@@ -165,11 +157,10 @@ class AnimatorDataModule(CacheDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        if shuffle:
-            sampler = resumable_shuffle(self, len(dataset), self.seed, self.batch_size)
+        if shuffle:  # whole batches, dealt out to DDP processes batch by batch
+            batches = resumable_shuffle(self, len(dataset), self.seed, self.batch_size, batches=True)
         else:
-            sampler = SequentialSampler(dataset)
-        batches = EpochBatchSampler(sampler, self.batch_size, drop_last=False)
+            batches = BatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False)
         return (ResumableDataLoader if shuffle else DataLoader)(dataset, batch_size=None, sampler=batches,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, PageBudget, SequenceRecord
 
@@ -24,26 +24,46 @@ def window_starts(sequences: Sequence[SequenceRecord], window: int, stride: int 
     return np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
 
 
-class ResumableShuffle(Sampler[int]):
-    """A shuffled order that depends only on ``(seed, epoch)`` and can start part-way into an epoch.
+class ResumableShuffle(DistributedSampler):
+    """The training order: shuffled per epoch from ``(seed, epoch)`` alone, dealt out to DDP processes, resumable.
 
     torch's ``RandomSampler`` draws each epoch from one generator that a checkpoint does not hold, so a fit
     resumed from ``last.ckpt`` would see other batches than the run it continues. Here epoch ``e``'s order is a
-    pure function of ``(seed, e)`` (Lightning calls :meth:`set_epoch`, as for ``DistributedSampler``) and
-    :meth:`resume_at` skips the batches the killed run had already trained on.
+    pure function of ``(seed, e)`` (Lightning calls :meth:`set_epoch`) and :meth:`resume_at` skips the samples the
+    killed run had already trained on.
+
+    Under DDP (``num_replicas`` W > 1) process ``rank`` takes the order's units ``rank, rank + W, ...``
+    (DistributedSampler's rule, the order padded with its own beginning to a multiple of W so every process has
+    as many batches). A step's W batches of B are then the order's next W·B samples: the batch one process takes
+    at a batch size of W·B, so a DDP fit sees the samples of a one-process fit, step by step. Being a
+    ``DistributedSampler`` it is used as it is: Lightning would otherwise wrap it in one of its own, which deals
+    out a second shuffle of the order (another seed) and cannot resume part-way into an epoch.
+
+    Args:
+        size: items in the dataset.
+        seed: seeds the order.
+        batch_size: items per batch of one process.
+        num_replicas: DDP processes (W).
+        rank: this process's rank.
+        batches: yield whole batches (lists of ``batch_size`` indices), dealt out batch by batch, for a dataset
+            that reads a batch at a time (the animator's); otherwise single indices for the DataLoader to batch.
     """
 
-    def __init__(self, size: int, seed: int, batch_size: int) -> None:
-        self.size, self.seed, self.batch_size = size, seed, batch_size
-        self.epoch = 0
-        self._skip_batches = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def __init__(self, size: int, seed: int, batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 batches: bool = False) -> None:
+        units = -(-size // batch_size) if batches else size
+        super().__init__(range(units), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size, self.batch_size, self.batches = size, batch_size, batches
+        self.samples_per_step = batch_size * num_replicas  # what one step takes from the order, all processes
+        self._skip_steps, self._skip_step_size = 0, self.samples_per_step  # the killed run's, when resuming
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
-        """The next iteration is epoch ``epoch`` without its first ``batches_done`` batches."""
-        self.epoch, self._skip_batches = int(epoch), int(batches_done)
+        """The next iteration is epoch ``epoch`` without the samples of its first ``batches_done`` steps."""
+        self.epoch, self._skip_steps = int(epoch), int(batches_done)
+
+    def resumed_from(self, samples_per_step: int) -> None:
+        """The killed run's steps took ``samples_per_step`` samples each (its batch size x processes)."""
+        self._skip_step_size = int(samples_per_step)
 
     def order(self, epoch: int) -> list[int]:
         return torch.randperm(self.size, generator=self.generator(epoch)).tolist()
@@ -53,18 +73,31 @@ class ResumableShuffle(Sampler[int]):
         seed = int(np.random.SeedSequence([self.seed, epoch, *stream]).generate_state(1, np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
 
+    def _units(self, order: list[int]) -> list:
+        if not self.batches:
+            return order
+        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
     def __iter__(self):  # type: ignore[no-untyped-def]
-        skip, self._skip_batches = self._skip_batches * self.batch_size, 0
-        return iter(self.order(self.epoch)[skip:])
+        skip, self._skip_steps = self._skip_steps * self._skip_step_size, 0
+        order = self.order(self.epoch)
+        rest, whole = self._units(order[skip:]), self._units(order)
+        padding = -len(rest) % self.num_replicas
+        while whole and len(whole) < padding:  # fewer units than processes: DistributedSampler repeats them as well
+            whole = whole + whole
+        return iter((rest + whole[:padding])[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
-        return self.size  # the full epoch: Lightning's batch counter resumes part-way through it
+        """One process's units in a whole epoch: Lightning's batch counter resumes part-way through it."""
+        return self.num_samples
 
 
-def resumable_shuffle(datamodule: pl.LightningDataModule, size: int, seed: int, batch_size: int) -> ResumableShuffle:
-    """The training sampler, positioned where a restored fit loop left off (if the trainer is resuming)."""
-    sampler = ResumableShuffle(size, seed, batch_size)
+def resumable_shuffle(datamodule: pl.LightningDataModule, size: int, seed: int, batch_size: int,
+                      batches: bool = False) -> ResumableShuffle:
+    """The training sampler of this process, positioned where a restored fit loop left off (if resuming)."""
     trainer = datamodule.trainer
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ResumableShuffle(size, seed, batch_size, world, rank, batches)
     if trainer is not None and trainer.fit_loop.restarting:
         epoch_loop = trainer.fit_loop.epoch_loop
         sampler.resume_at(trainer.fit_loop.epoch_progress.current.processed,
@@ -76,13 +109,13 @@ class ResumableDataLoader(DataLoader):
     """A training ``DataLoader`` over a :class:`ResumableShuffle` that Lightning treats as resumable.
 
     The position itself is restored by :func:`resumable_shuffle` from the fit loop's own counters (they are in
-    every checkpoint); this loader's state records the shuffle's seed so that resuming with another seed, which
-    would silently train on other batches, is refused.
+    every checkpoint); this loader's state records the shuffle's seed, so that resuming with another seed, which
+    would silently train on other batches, is refused, and the samples one step took (batch size x processes),
+    so that a fit resumed with another number of processes or batch size skips what the killed run trained on.
     """
 
     def _shuffle(self) -> ResumableShuffle | None:
-        sampler = getattr(self.sampler, "sampler", self.sampler)  # the animator wraps it in a batch sampler
-        return sampler if isinstance(sampler, ResumableShuffle) else None
+        return self.sampler if isinstance(self.sampler, ResumableShuffle) else None
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         # DataLoader draws its workers' base seed from the *global* torch generator each time an iterator is
@@ -95,14 +128,19 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         shuffle = self._shuffle()
-        return {} if shuffle is None else {"seed": shuffle.seed, "size": shuffle.size}
+        if shuffle is None:
+            return {}
+        return {"seed": shuffle.seed, "size": shuffle.size, "samples_per_step": shuffle.samples_per_step}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         shuffle = self._shuffle()
+        saved = {key: state_dict[key] for key in ("seed", "size") if key in state_dict}
         now = {} if shuffle is None else {"seed": shuffle.seed, "size": shuffle.size}
-        if state_dict and state_dict != now:
-            raise CacheError(f"the checkpoint was trained with data order {state_dict} (shuffle seed, windows) but "
+        if saved and saved != now:
+            raise CacheError(f"the checkpoint was trained with data order {saved} (shuffle seed, windows) but "
                              f"this run has {now}; resume with the same data.init_args.seed and cache")
+        if shuffle is not None and "samples_per_step" in state_dict:  # checkpoints before it: this run's
+            shuffle.resumed_from(state_dict["samples_per_step"])
 
 
 class CacheWindowDataset(Dataset):
