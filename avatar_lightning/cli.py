@@ -169,6 +169,7 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
+    from callbacks.distributed import BroadcastBuffers
     from callbacks.resume import FlushLogsWithCheckpoint, RNGStateCheckpoint
 
     class AvatarLightningCLI(LightningCLI):
@@ -193,6 +194,8 @@ def build_lightning_cli(args: Sequence[str] | None, run: bool = True) -> Any:
                 extra.append(RNGStateCheckpoint())  # a resumed fit draws the same noise as the run it continues
             if not any(isinstance(c, FlushLogsWithCheckpoint) for c in callbacks):
                 extra.append(FlushLogsWithCheckpoint())
+            if not any(isinstance(c, BroadcastBuffers) for c in callbacks):
+                extra.append(BroadcastBuffers())  # under DDP every process validates rank 0's BatchNorm statistics
             config["logger"] = _with_csv_logger(config.get("logger"), config.get("default_root_dir") or "runs")
             config["plugins"] = _with_atomic_checkpoints(config.get("plugins"))
             return self._instantiate_trainer(config, extra)
