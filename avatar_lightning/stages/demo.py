@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array
@@ -193,18 +192,13 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     rerender_ckpt = _newest(runs / "rerender", "last.ckpt")
 
     grid_runs = runs / "animator"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the animator's small networks run faster on one thread than on two
-    try:
-        for cell in grid(features):
-            step(f"animator {cell}", lambda cell=cell: _fit([
-                "--config", str(EXPERIMENTS / f"{cell}.yaml"), f"--data.init_args.cache_dir={actor_dir}",
-                f"--trainer.default_root_dir={grid_runs}", f"--trainer.logger.init_args.save_dir={grid_runs}",
-                f"--trainer.max_steps={animator_steps}", "--trainer.val_check_interval=500",
-                f"--model.init_args.lr_decay_every={max(animator_steps // 30, 1)}",
-                "--trainer.enable_progress_bar=false"]))
-    finally:
-        torch.set_num_threads(threads)
+    for cell in grid(features):  # one thread each: experiments/animator/trainer.yaml's IntraOpThreads
+        step(f"animator {cell}", lambda cell=cell: _fit([
+            "--config", str(EXPERIMENTS / f"{cell}.yaml"), f"--data.init_args.cache_dir={actor_dir}",
+            f"--trainer.default_root_dir={grid_runs}", f"--trainer.logger.init_args.save_dir={grid_runs}",
+            f"--trainer.max_steps={animator_steps}", "--trainer.val_check_interval=500",
+            f"--model.init_args.lr_decay_every={max(animator_steps // 30, 1)}",
+            "--trainer.enable_progress_bar=false"]))
     evaluation = step("evaluate (validation chooses; test, images, synthetic drivers)", lambda: run_evaluation(
         [grid_runs / features], actor_dir, report, rerender=rerender_ckpt, head_vae=head_vae_ckpt,
         image_frames=DEMO_IMAGE_FRAMES, synthetic=preset if not capture else "demo", drivers=drivers,
