@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -53,3 +55,14 @@ class PhaseTimer:
         accounted = sum(float(r["seconds"]) for r in rows)
         rows.append({"phase": rest, "frames": 0, "seconds": total_seconds - accounted, "frames_per_s": 0.0})
         return rows
+
+
+def cpu_name() -> str:
+    """The CPU model (platform.processor() is empty on many Linux machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

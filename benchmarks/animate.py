@@ -75,7 +75,7 @@ from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_iden
 from avatar_lightning.video import VideoWriter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import timed  # noqa: E402
+from _timing import cpu_name, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 16  # animate's default --chunk
@@ -96,17 +96,6 @@ class Setup:
     frames: np.ndarray  # (N, H, W, 3) uint8 driving faces
     extractor: MediaPipeLandmarks
     device: torch.device
-
-
-def cpu_name() -> str:
-    """The CPU model (platform.processor() is empty on many Linux machines)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(size: int, frames: int, device: torch.device) -> Setup:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import cpu_name  # a sibling module: benchmarks run as `python benchmarks/X.py`
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -158,16 +159,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         raise SystemExit(f"UNet has no argument {', '.join(sorted(unknown))}; it takes "
                          f"{', '.join(inspect.signature(UNet).parameters)}")
     return overrides
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
