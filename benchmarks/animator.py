@@ -8,9 +8,9 @@ after a warm-up; the 15 000-step time is extrapolated from the median step (``--
 the LSTM + residual cell instead). Data loading is timed alone over the same loader. The baseline of each training
 row is the same network stepped in a bare PyTorch loop over pre-loaded batches, so the ratio is what Lightning,
 logging and loading add. Each cell is trained with 2 intra-op threads (the process default on this machine:
-the baseline) and with 1 (``callbacks.threads.IntraOpThreads``, what ``experiments/animator/trainer.yaml`` asks
-for). Inference: a 750-frame sequence predicted with stride-1 overlapping windows (frames/s), and the same through
-:class:`AnimatorStream` one frame at a time (ms/frame), each against the previous implementation in the same run
+the baseline) and with 1 (``callbacks.threads.IntraOpThreads``). Inference: a 750-frame sequence predicted with
+stride-1 overlapping windows (frames/s), and the same through :class:`AnimatorStream` one frame at a time
+(ms/frame), each against the previous implementation in the same run
 (every window projected from the raw features again, window by window: ``baseline_*``), at 1 and 2 threads.
 Measure on an idle machine.
 """
@@ -203,7 +203,7 @@ def main() -> None:
         data.setup("test")
         inference_rows = [inference(data, 750, threads) for threads in (2, 1)]
     print(f"animator, {args.feature_dim}-d features, batch 32 x 8 frames, {platform.processor() or platform.machine()}"
-          "; bare: the same step in a bare PyTorch loop (2 threads: the previous setting, 1: the config's)")
+          "; bare: the same step in a bare PyTorch loop (2 threads: the process default; 1: IntraOpThreads)")
     print(f"{'(x layers)':<22}{'threads':>8}{'it/s':>8}{'bare it/s':>11}{'ratio':>8}{'loading':>9}{'15k steps':>11}")
     for r in rows:
         print(f"{r['what']:<22}{r['threads']:>8}{r['it_per_s']:>8.1f}{r['bare_it_per_s']:>11.1f}"

@@ -1,10 +1,11 @@
 """Torch's intra-op threads for one fit, restored afterwards.
 
-Why: the animator's networks are small (an LSTM of 128 units over 8 frames, batch 32); on a CPU, splitting each
-of their small matmuls over two threads costs more in synchronisation than it gains (``benchmarks/animator.py``
-measures both), while the image networks want every core. Lightning has no setting for it, so the animator's
-trainer config asks for one thread with this callback; the process's setting comes back when the fit ends, so a
-notebook or the demo running several fits keeps its own. Under DDP each process sets its own threads.
+Why: Lightning has no setting for it, and it matters for the animator's small networks (an LSTM of 128 units
+over 8 frames, batch 32), whose matmuls are too small to gain much from more threads: where several fits or DDP
+processes share a machine's cores, one thread each avoids oversubscription. On an idle 2-core machine two threads
+are faster (``benchmarks/animator.py`` trains every cell at 2 and at 1 thread with this callback), so no experiment
+file asks for it; add it to a config's ``trainer.callbacks`` where processes share cores. The process's setting
+comes back when the fit ends. Under DDP each process sets its own threads.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     rerender_ckpt = _newest(runs / "rerender", "last.ckpt")
 
     grid_runs = runs / "animator"
-    for cell in grid(features):  # one thread each: experiments/animator/trainer.yaml's IntraOpThreads
+    for cell in grid(features):  # every core: on an idle machine 2 threads beat 1 (benchmarks/animator.py)
         step(f"animator {cell}", lambda cell=cell: _fit([
             "--config", str(EXPERIMENTS / f"{cell}.yaml"), f"--data.init_args.cache_dir={actor_dir}",
             f"--trainer.default_root_dir={grid_runs}", f"--trainer.logger.init_args.save_dir={grid_runs}",
