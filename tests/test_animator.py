@@ -120,7 +120,9 @@ def test_sequence_prediction_averages_overlapping_windows(backbone: str, residua
     for start in range(13 - 8 + 1):
         expected[start : start + 8] += model(x[None, start : start + 8])[0]
         count[start : start + 8] += 1
-    torch.testing.assert_close(model.predict_sequence(x), expected / count)
+    prediction = model.predict_sequence(x)
+    torch.testing.assert_close(prediction, expected / count)
+    assert not prediction.requires_grad  # inference: callers turn it into numpy
     short = torch.randn(5, 5)  # shorter than a window: one window of what there is
     torch.testing.assert_close(model.predict_sequence(short), model(short[None])[0])
     with pytest.raises(ValueError, match=r"this animator takes \(frames, 5\)"):

@@ -160,7 +160,6 @@ class Animator(pl.LightningModule):
         self.log("val/latent_mse", loss, prog_bar=True, batch_size=len(batch["x"]), sync_dist=True)
         return loss
 
-    @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
         """Raw features ``(..., D)`` -> the input layer's output ``(..., hidden)`` at inference (zero residual).
 
@@ -173,6 +172,7 @@ class Animator(pl.LightningModule):
         """Windows of embedded frames ``(B, T, hidden)`` -> latents ``(B, T, Z)``: the rest of ``forward``."""
         return self.net.backbone(h) * self.latent_std + self.latent_mean
 
+    @torch.no_grad()
     def predict_sequence(self, x: Tensor, chunk: int = 2048) -> Tensor:
         """Raw features of one sequence ``(L, D)`` -> latents ``(L, Z)``: overlapping windows, averaged per frame."""
         length, window = x.shape[0], min(self.window, x.shape[0])
