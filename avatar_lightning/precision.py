@@ -28,10 +28,15 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where native, else ``32``; explicit choices are checked against the device."""
+def resolve_precision(requested: str, device: torch.device, backend: str = "torch") -> str:
+    """``auto`` -> ``bf16`` where native, else ``32``; explicit choices are checked against the device and the
+    inference backend (``avatar_lightning.runtime``: only eager torch runs under autocast; the others are float32)."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if backend != "torch":
+        if requested not in ("auto", "32"):
+            raise ValueError(f"the {backend} backend runs the networks in float32; use precision 32 (or auto) with it")
+        return "32"
     if requested == "auto":
         return "bf16" if native_bf16(device) else "32"
     if requested == "16" and device.type != "cuda":

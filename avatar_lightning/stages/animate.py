@@ -98,9 +98,7 @@ class AvatarRenderer:
         self.avatar, self.orbit, self.fps = avatar, orbit, fps
         self.device = device or torch.device("cpu")
         # float32 unless asked: scores (evaluate) stay comparable; `animate` asks for `auto` (bf16 where native)
-        self.precision = resolve_precision(precision, self.device)
-        if backend != "torch" and self.precision != "32":
-            raise ValueError(f"the {backend} backend runs the networks in float32; use --precision 32 with it")
+        self.precision = resolve_precision(precision, self.device, backend)
         # The two image networks through the chosen inference backend (avatar_lightning.runtime); torch: eager.
         self.decode = make_runner(avatar.head_vae.vae.decoder, backend)
         self.unet = make_runner(avatar.rerenderer.unet, backend)
@@ -152,7 +150,7 @@ class AvatarRenderer:
         with autocast(self.precision, self.device):
             raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
         image = compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
-        return (image.float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def stream_latents(avatar: Avatar, features: np.ndarray, chunk: int) -> Iterator[tuple[int, Tensor]]:
@@ -347,10 +345,7 @@ def main(argv: Sequence[str]) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
     try:
         device = device or torch.device(args.device)
-        precision = resolve_precision("32" if args.backend != "torch" and args.precision == "auto"
-                                      else args.precision, device)
-        if args.backend != "torch" and precision != "32":
-            raise ValueError(f"--backend {args.backend} runs the networks in float32; drop --precision {precision}")
+        precision = resolve_precision(args.precision, device, args.backend)
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
     if device.type == "cuda" and not torch.cuda.is_available():
