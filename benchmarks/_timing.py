@@ -1,4 +1,5 @@
-"""Shared timing helper of the benchmark scripts (imported as a sibling module: ``python benchmarks/X.py``)."""
+"""Shared helpers of the benchmark scripts: timing, the CPU's name, the experiment files' settings (imported as a
+sibling module: ``python benchmarks/X.py``)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def timed(fn: Callable[[], object], device: torch.device, min_time: float, max_repeats: int) -> tuple[float, float]:
@@ -66,3 +71,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def experiment(name: str) -> dict[str, Any]:
+    """The parsed experiment file ``experiments/<name>.yaml`` (what a benchmark measures as "the default")."""
+    return yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+
+
+def rerender_network() -> dict[str, Any]:
+    """The re-render U-Net's settings in ``experiments/rerender.yaml`` (UNet's and Rerenderer's shared arguments)."""
+    args = experiment("rerender")["model"]["init_args"]
+    keys = ("in_channels", "depth", "width", "max_width", "norm", "unshuffle")
+    return {key: args[key] for key in keys if key in args}

@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -75,9 +74,8 @@ from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_iden
 from avatar_lightning.video import VideoWriter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import cpu_name, timed  # noqa: E402
+from _timing import cpu_name, rerender_network, timed  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 CHUNK = 16  # animate's default --chunk
 FPS = 25.0
 LATENT_DIM = 64
@@ -116,7 +114,7 @@ def build(size: int, frames: int, device: torch.device) -> Setup:
             "features": {"extractor": "mediapipe", "relative": "sequence", "output": "mediapipe"}}
     head_vae = HeadVAE(texture_size=PRESET.texture_size, num_blend_shapes=identity.face.num_blend_shapes,
                        latent_dim=LATENT_DIM, width=16, perceptual_weight=0.0, adversarial_weight=0.0).eval()
-    rerenderer = Rerenderer(**default_rerenderer(), perceptual_weight=0.0).eval()
+    rerenderer = Rerenderer(**rerender_network(), perceptual_weight=0.0).eval()
     animator = Animator(features="mediapipe", backbone="lstm", residual_dim=16, feature_dim=FEATURE_DIM,
                         latent_dim=LATENT_DIM).eval()
     avatar = Avatar(Path("."), info, head_vae, rerenderer, animator, identity.face, [record], {record.name: plate})
@@ -131,13 +129,6 @@ def extract(setup: Setup, frames: np.ndarray) -> np.ndarray:
     rows = [setup.extractor(torch.from_numpy(frames[i : i + CHUNK])).values["mediapipe"].numpy()
             for i in range(0, len(frames), CHUNK)]
     return np.concatenate(rows)
-
-
-def default_rerenderer() -> dict[str, Any]:
-    """The re-render U-Net's settings in ``experiments/rerender.yaml`` (the default avatar's)."""
-    args = yaml.safe_load((REPO / "experiments" / "rerender.yaml").read_text())["model"]["init_args"]
-    keys = ("in_channels", "depth", "width", "max_width", "norm", "unshuffle")
-    return {key: args[key] for key in keys if key in args}
 
 
 def baseline_rerenderer(device: torch.device) -> Rerenderer:

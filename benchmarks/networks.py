@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from _timing import timed  # a sibling module: benchmarks run as `python benchmarks/X.py`
+from _timing import experiment, rerender_network, timed  # a sibling module: benchmarks run as `python benchmarks/X.py`
 from torch.utils.flop_counter import FlopCounterMode
 
 from avatar_lightning.nets.head_vae import HeadVAENet
@@ -44,19 +43,13 @@ BASELINE_UNET = {"in_channels": 4, "out_channels": 6, "depth": 5, "width": 32, "
                  "unshuffle": 1}
 
 
-def _experiment(name: str) -> dict[str, Any]:
-    return yaml.safe_load((REPO / "experiments" / name).read_text())["model"]["init_args"]
-
-
 def default_unet() -> dict[str, Any]:
     """The U-Net ``experiments/rerender.yaml`` trains (6 outputs: I_corr and three weight logits)."""
-    args = _experiment("rerender.yaml")
-    return {"in_channels": args["in_channels"], "out_channels": 6, "depth": args["depth"], "width": args["width"],
-            "max_width": args["max_width"], "norm": args["norm"], "unshuffle": args.get("unshuffle", 1)}
+    return {**rerender_network(), "out_channels": 6}
 
 
 def default_vae() -> dict[str, Any]:
-    args = _experiment("head_vae.yaml")
+    args = experiment("head_vae")["model"]["init_args"]
     return {"texture_size": 128, "num_blend_shapes": 17, "latent_dim": args["latent_dim"], "width": args["width"]}
 
 

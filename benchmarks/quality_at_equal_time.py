@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _timing import experiment  # a sibling module: benchmarks run as `python benchmarks/X.py`
 
 REPO = Path(__file__).resolve().parent.parent
 # model -> the previous defaults, as command-line overrides of experiments/<model>.yaml
@@ -45,7 +45,7 @@ GOAL_DB = 0.5
 
 def settings(model: str) -> dict[str, Any]:
     """What the experiment file sets now: the model's init_args and the trainer's precision."""
-    config = yaml.safe_load((REPO / "experiments" / f"{model}.yaml").read_text())
+    config = experiment(model)
     return {"model": config["model"]["init_args"], "precision": config["trainer"].get("precision", "32-true")}
 
 
