@@ -26,8 +26,10 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.checkpoints import checkpoint_entry, load_model, weights_fingerprint
+from avatar_lightning.errors import CacheError
 from avatar_lightning.render import Mesh
 
 FORMAT = "avatar_lightning.avatar"

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 
 ModelT = TypeVar("ModelT")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model (head VAE, re-render U-Net, animator) from an experiment file",
@@ -119,7 +119,7 @@ def keep_metrics_on_resume(trainer: Any, ckpt_path: str | os.PathLike[str]) -> N
 
     from lightning.pytorch.loggers import CSVLogger
 
-    from avatar_lightning.cache import atomic_write_text
+    from avatar_lightning.cache.files import atomic_write_text
     from avatar_lightning.checkpoints import checkpoint_entry
 
     step = checkpoint_entry(ckpt_path, "global_step")

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.checkpoints import load_model
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.scoring import (
     blend_decoder,
@@ -194,9 +195,9 @@ class ImageScorer:
     def __init__(self, cache: CaptureCache, head_vae: Any, rerenderer: Any, rows: np.ndarray,
                  cameras: Sequence[str] | None = None, lpips: Any = None) -> None:
         from avatar_lightning.avatar import Avatar
+        from avatar_lightning.cache.template import load_template
         from avatar_lightning.render import Cameras
         from avatar_lightning.stages.animate import AvatarRenderer
-        from avatar_lightning.template import load_template
 
         names = list(cameras) if cameras else [c.name for c in cache.cameras]
         records = {c.name: c for c in cache.cameras}

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import load_template
 from avatar_lightning.checkpoints import load_model
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import feature_array
-from avatar_lightning.template import load_template
 from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 from avatar_lightning.expression_measures import CORE_MEASURES, MEASURES, expression_measures, measures_of_landmarks
 
 MAX_LAG_SECONDS = 0.5

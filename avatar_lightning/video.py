@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,7 +27,8 @@ from types import TracebackType
 import av
 import numpy as np
 
-from avatar_lightning.cache import CacheError, new_file_mode
+from avatar_lightning.cache.files import replace_durably, temporary_path
+from avatar_lightning.errors import CacheError
 
 # Encoders by file suffix: what FFmpeg's muxer for that container accepts and PyAV's wheel ships.
 CODEC_BY_SUFFIX = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
@@ -287,11 +287,8 @@ class VideoWriter:
 
     def __enter__(self) -> VideoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}", dir=self.path.parent)
-        os.close(fd)
-        os.chmod(tmp, new_file_mode())  # the user's umask, as a plain open() would give (mkstemp: 0600)
-        self._tmp = Path(tmp)
-        self._container = av.open(tmp, mode="w", format=None)
+        self._tmp = temporary_path(self.path, suffix=f".tmp{self.path.suffix}")  # FFmpeg infers the format
+        self._container = av.open(str(self._tmp), mode="w", format=None)
         return self
 
     def _start(self, width: int, height: int) -> av.video.stream.VideoStream:
@@ -335,7 +332,7 @@ class VideoWriter:
                 self._container.mux(self._stream.encode())  # flush the encoder's delayed frames
             self._container.close()
             if exc_type is None:
-                os.replace(self._tmp, self.path)
+                replace_durably(self._tmp, self.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()

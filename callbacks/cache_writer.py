@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 
 SHARDS_DIR = ".shards"
 MERGE_CHUNK_ROWS = 256  # rows copied per step when merging shards

@@ -14,7 +14,6 @@ checkpoint covers (CSVLogger otherwise writes every 100 steps), and checkpoints 
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from avatar_lightning.cache.files import atomic_path
 
 
 class RNGStateCheckpoint(Callback):
@@ -108,8 +109,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint files that appear whole or not at all.
 
     Lightning writes ``last.ckpt`` in place: a fit killed while it is being rewritten leaves a truncated file
-    and nothing to resume from. Here the bytes go to a hidden ``.<name>.partial`` beside it and are renamed
-    over it once complete (a rename within a folder is atomic), so the previous checkpoint survives a kill.
+    and nothing to resume from. Here the bytes go to a hidden temporary beside it and are renamed over it once
+    complete (``cache.files.atomic_path``), so the previous checkpoint survives a kill.
     Remote paths (``s3://`` and the like) keep Lightning's own writer.
     """
 
@@ -117,9 +118,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            super().save_checkpoint(checkpoint, temporary, storage_options)
 
 
 class LastCheckpoint(ModelCheckpoint):

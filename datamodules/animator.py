@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from avatar_lightning.cache import CacheError, SequenceRecord
+from avatar_lightning.cache.manifest import SequenceRecord
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import feature_array, valid_array
 from datamodules.windows import CacheDataModule, CacheWindowDataset, ResumableDataLoader, resumable_shuffle
 

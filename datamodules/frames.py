@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.cache.manifest import SequenceRecord
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from datamodules.windows import CacheDataModule, CacheWindowDataset
 
 

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from avatar_lightning.cache import SPLITS, CacheError, CaptureCache, PageBudget, SequenceRecord
+from avatar_lightning.cache.manifest import SPLITS, SequenceRecord
+from avatar_lightning.cache.pages import PageBudget
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 
 
 def window_starts(sequences: Sequence[SequenceRecord], window: int, stride: int = 1) -> np.ndarray:

@@ -285,7 +285,7 @@ def test_released_pages_leave_the_resident_set_and_keep_the_data(tmp_path: Path)
 
 
 def test_a_page_budget_releases_once_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import avatar_lightning.cache as cache_module
+    import avatar_lightning.cache.pages as cache_module
 
     released: list[int] = []
     monkeypatch.setattr(cache_module, "release_pages", lambda array: released.append(id(array)))

@@ -21,7 +21,7 @@ from avatar_lightning.models.rerender import Rerenderer
 from avatar_lightning.nets.unet import UNet
 from avatar_lightning.render import Cameras, RasterSettings, render_textured
 from avatar_lightning.stages.render_mesh import render_cache
-from avatar_lightning.template import load_template
+from avatar_lightning.cache.template import load_template
 from datamodules.rerender import RerenderDataModule
 from tests.conftest import REPO_ROOT
 

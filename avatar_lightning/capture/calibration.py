@@ -33,8 +33,9 @@ from scipy.optimize import OptimizeResult, least_squares
 from scipy.sparse import csr_matrix
 from scipy.spatial.transform import Rotation
 
-from avatar_lightning.cache import CacheError, CameraRecord
+from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.capture.fitting import initial_pose
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.mediapipe_landmarks import RIGID_LANDMARKS
 from avatar_lightning.stages.ingest import approximate_intrinsics
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 
 # The head mask: the face outline scaled about its centre (hair and ears), extended up (crown) and down (neck).
 HEAD_SCALE = 1.5

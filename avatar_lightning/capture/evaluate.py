@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import load_template
+from avatar_lightning.errors import CacheError
 from avatar_lightning.render import RasterSettings, get_rasterizer, uv_to_clip
 from avatar_lightning.render.rasterizer import RasterOutput
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
-from avatar_lightning.template import load_template
 from avatar_lightning.video import write_video
 
 KEY_SHAPES = ("jaw_open", "blink_left", "blink_right", "smile_left", "smile_right", "brow_up_left", "brow_up_right",

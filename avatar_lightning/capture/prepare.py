@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,14 +26,10 @@ import numpy as np
 import torch
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import (
-    CacheError,
-    CameraRecord,
-    CaptureCache,
-    check_output_folder,
-    commit_staging,
-    staging_folder,
-)
+from avatar_lightning.cache.files import check_output_folder, staged_folder
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import load_template
 from avatar_lightning.capture import calibration as calib
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
 from avatar_lightning.capture.fitting import (
@@ -50,10 +45,10 @@ from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistor
 from avatar_lightning.capture.split import time_split
 from avatar_lightning.capture.template import ActorTemplate, build_actor_template, with_rest_shape
 from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean_texture, to_uint8
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
 from avatar_lightning.render import Cameras, Mesh, RasterSettings, get_rasterizer, uv_to_clip, vertex_normals
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
-from avatar_lightning.template import load_template
 
 STAGE = "prepare"
 log = logging.getLogger(__name__)
@@ -398,8 +393,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
     provisional = loaded.cameras if loaded else [
         CameraRecord(name, calib.default_intrinsics(w, h), np.eye(3).tolist(), [0.0, 0.0, 0.0], w, h)
         for name, (w, h) in zip(names, info.sizes, strict=True)]
-    staging = staging_folder(out, STAGE)
-    try:
+    with staged_folder(out, STAGE) as staging:
         cache = CaptureCache.create(
             staging, fps=info.fps, num_frames=info.num_frames, sequences=sequences, cameras=provisional,
             meta={"generator": "avatar_lightning.capture", "version": __version__, "complete": False,
@@ -457,10 +451,6 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         from avatar_lightning.capture.report import write_report
 
         write_report(cache, staging / "report", mesh, fit, names, records)
-        commit_staging(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CaptureCache(out)
 
 

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_lightning.cache import CameraRecord, CaptureCache
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.capture.fitting import FitResult
 from avatar_lightning.render import Cameras, Mesh, RasterSettings, render_textured
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 from avatar_lightning.video import count_frames, iter_frames, probe_video
 
 _REGION = re.compile(r"^(?P<path>.+)@(?P<x>\d+),(?P<y>\d+),(?P<w>\d+),(?P<h>\d+)$")

@@ -7,7 +7,8 @@ than :data:`LONG_CLIP_SECONDS` would lose too much of its training data to that,
 
 from __future__ import annotations
 
-from avatar_lightning.cache import CacheError, SequenceRecord
+from avatar_lightning.cache.manifest import SequenceRecord
+from avatar_lightning.errors import CacheError
 
 PAPER_TEST_SECONDS, PAPER_VAL_SECONDS = 30.0, 10.0
 LONG_CLIP_SECONDS = 120.0

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.base import FeatureBatch, FeatureExtractor, FeatureOutput, check_frames
 from avatar_lightning.features.crop import DECA_SCALE, FaceCropper
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
 Relative = Literal["none", "sequence", "capture", "running", "running_zscore", "warmup"]

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache import CacheError, CameraRecord
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.errors import CacheError
 
 NAME = "tracked_blend"
 Progress = Callable[[str, int, int], None]

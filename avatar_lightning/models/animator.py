@@ -10,7 +10,6 @@ streaming (:class:`AnimatorStream`, 280 ms at 25 fps) and ``window / stride`` fo
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.files import atomic_write_text
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from avatar_lightning.nets.animator import BACKBONES, AnimatorNet, Backbone
 from avatar_lightning.scoring import blend_decoder, mean_baseline, nearest_neighbour_baseline, score_sequences
 
@@ -315,10 +316,7 @@ class Animator(pl.LightningModule):
         }
         if self.trainer.is_global_zero:
             run_dir.mkdir(parents=True, exist_ok=True)
-            path = run_dir / "scores.json"
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(report, indent=1))
-            os.replace(temporary, path)
+            atomic_write_text(run_dir / "scores.json", json.dumps(report, indent=1))
         self.scores = report
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 from avatar_lightning.models.gan import idle, judge_as_generator, update
 from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator

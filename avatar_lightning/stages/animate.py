@@ -32,8 +32,11 @@ from scipy.spatial.transform import Rotation
 from torch import Tensor
 
 from avatar_lightning.avatar import Avatar, load_avatar
-from avatar_lightning.cache import CacheError, CameraRecord, CaptureCache, release_pages
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.cache.pages import release_pages
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.compose import compose
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.features.tracked_blend import NAME as TRACKED_BLEND

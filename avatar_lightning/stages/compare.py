@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatar_lightning.cache import CacheError
+from avatar_lightning.errors import CacheError
 
 SCORES = "scores.json"
 DEFAULT_METRICS = ("latent_mse", "blend_mse", "jitter_ratio")
@@ -407,7 +407,7 @@ def _run_cache(run_dir: Path) -> str:
 def transfer_results(runs: Sequence[Path], drivers: Sequence[str | Path], cache: str | None,
                      work: Path) -> list[Any]:
     """Every run's transfer on ``drivers`` (:func:`transfer_grid.score_grid`), grouped by the cache each trained on."""
-    from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.cache.store import CaptureCache
     from avatar_lightning.transfer_grid import score_grid
 
     by_cache: dict[str, list[Path]] = {}
@@ -456,7 +456,7 @@ def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Pat
 def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str | None, out: Path) -> list[Path]:
     """Cross-identity scores (:func:`evaluation.score_cross_identity`) of every run row and its baselines, added
     to the rows as ``xid_relative_error``; writes cross_identity.md and its per-shape heat map."""
-    from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.cache.store import CaptureCache
     from avatar_lightning.evaluation import (
         MEAN_LABEL,
         Scores,

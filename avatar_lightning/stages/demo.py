@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.checkpoints import load_model, weights_fingerprint
+from avatar_lightning.errors import CacheError
 from datamodules.head import BLEND_WEIGHTS, TEXTURES
 
 STAGE = "encode"

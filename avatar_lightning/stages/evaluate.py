@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from avatar_lightning.evaluation import SELECTION_RULE, STANDARD_DRIVERS, Evaluation, Scores
 
 TABLE_METRICS = ("val_latent_mse", "latent_mse", "blend_mse", "jitter_ratio", "psnr_face", "ssim_face", "lpips_face",

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from avatar_lightning.avatar import export_avatar, load_avatar
-from avatar_lightning.cache import CaptureCache
+from avatar_lightning.cache.store import CaptureCache
 
 
 def main(argv: Sequence[str]) -> int:

@@ -17,7 +17,6 @@ prior, about 45 degrees across the longer side), principal point at the centre; 
 from __future__ import annotations
 
 import argparse
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,16 +24,11 @@ import cv2
 import numpy as np
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import (
-    CacheError,
-    CameraRecord,
-    CaptureCache,
-    SequenceRecord,
-    check_output_folder,
-    commit_staging,
-    release_pages,
-    staging_folder,
-)
+from avatar_lightning.cache.files import check_output_folder, staged_folder
+from avatar_lightning.cache.manifest import CameraRecord, SequenceRecord
+from avatar_lightning.cache.pages import release_pages
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from avatar_lightning.video import DecodeStats, VideoError, iter_frames, probe_video, scan_video
 
 STAGE = "ingest"
@@ -111,8 +105,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
     num_frames = scanned.delivered
     report("scan video", num_frames, num_frames)
     width, height = output_size(info.width, info.height, crop, size)
-    staging = staging_folder(out, STAGE)
-    try:
+    with staged_folder(out, STAGE) as staging:
         cache = CaptureCache.create(
             staging, fps=info.fps, num_frames=num_frames,
             sequences=[SequenceRecord(SEQUENCE, 0, num_frames - 1, "test")],
@@ -150,10 +143,6 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
             report("write frames", written, num_frames)
         if boxes is not None:
             cache.write_array(f"cameras/{CAMERA}/crop_boxes", boxes, stage=STAGE, per_frame=True)
-        commit_staging(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CaptureCache(out)
 
 

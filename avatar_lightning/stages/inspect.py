@@ -12,7 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatar_lightning.cache import CacheError, CaptureCache, must_be_finite, nonfinite_rows, producer_of
+from avatar_lightning.cache.finite import must_be_finite, nonfinite_rows
+from avatar_lightning.cache.layout import producer_of
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 
 
 def find_problems(cache: CaptureCache, check_values: bool = True) -> list[str]:

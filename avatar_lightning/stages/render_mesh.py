@@ -25,9 +25,10 @@ import torch
 from rich.progress import Progress
 from torch import Tensor
 
-from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import load_template
+from avatar_lightning.errors import CacheError
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
-from avatar_lightning.template import load_template
 from datamodules.head import BLEND_WEIGHTS, TEXTURES
 
 STAGE = "render-mesh"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -13,14 +12,10 @@ import numpy as np
 import torch
 
 from avatar_lightning import __version__
-from avatar_lightning.cache import (
-    CacheError,
-    CameraRecord,
-    CaptureCache,
-    SequenceRecord,
-    commit_staging,
-    staging_folder,
-)
+from avatar_lightning.cache.files import staged_folder
+from avatar_lightning.cache.manifest import CameraRecord, SequenceRecord
+from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.errors import CacheError
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.performance import DRIVER_STYLES, generate_performance
 from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_identity, wall_texture
@@ -172,8 +167,7 @@ def generate(
     ]
     # Built in a hidden folder beside `out` and renamed into place when complete: a killed run leaves the
     # previous cache (if any) as it was, never a half-written one at `out`.
-    staging = staging_folder(out, STAGE)
-    try:
+    with staged_folder(out, STAGE) as staging:
         cache = CaptureCache.create(
             staging,
             fps=config.fps,
@@ -242,7 +236,4 @@ def generate(
             paths = write_previews(cache, camera_names)
             cache.set_meta(previews=[str(p.relative_to(cache.root)) for p in paths])
         cache.set_meta(complete=True, seconds_to_generate=round(time.perf_counter() - started, 1))
-        commit_staging(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return CaptureCache(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from avatar_lightning.cache import CaptureCache
+from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.video import write_video
 
 
