@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from avatar_lightning.cache.layout import feature_array, valid_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.checkpoints import load_model
 from avatar_lightning.errors import CacheError
-from avatar_lightning.features.extract import feature_array, valid_array
 from avatar_lightning.scoring import (
     blend_decoder,
     cross_identity_scores,
@@ -158,7 +158,7 @@ def baselines(cache: CaptureCache, features: Sequence[str], latents: str) -> lis
 
 def held_out(cache: CaptureCache, features: str, latents: str, split: str) -> HeldOut:
     """The ``split``'s sequences of one feature variant (frames without a face are marked, not dropped)."""
-    from datamodules.animator import latent_array
+    from avatar_lightning.cache.layout import latent_array
 
     sequences = cache.sequences_in(split)
     if not sequences:
@@ -194,10 +194,10 @@ class ImageScorer:
 
     def __init__(self, cache: CaptureCache, head_vae: Any, rerenderer: Any, rows: np.ndarray,
                  cameras: Sequence[str] | None = None, lpips: Any = None) -> None:
-        from avatar_lightning.avatar import Avatar
+        from avatar_lightning.avatar.folder import Avatar
+        from avatar_lightning.avatar.renderer import AvatarRenderer
         from avatar_lightning.cache.template import load_template
         from avatar_lightning.render import Cameras
-        from avatar_lightning.stages.animate import AvatarRenderer
 
         names = list(cameras) if cameras else [c.name for c in cache.cameras]
         records = {c.name: c for c in cache.cameras}
@@ -290,7 +290,7 @@ def make_synthetic_drivers(preset: str, work: Path, seed: int = 0) -> list[Path]
 
 def driver_features(driver: CaptureCache, actor: CaptureCache, output: str) -> tuple[np.ndarray, np.ndarray]:
     """``features/<output>`` of a driver, extracted as the actor's were (same extractor and ``relative``)."""
-    from avatar_lightning.stages.features import extract_features, options_from_record
+    from avatar_lightning.features.run import extract_features, options_from_record
 
     recorded = actor.manifest.meta.get("features", {}).get(output)
     if recorded is None:

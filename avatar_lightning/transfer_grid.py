@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from avatar_lightning.cache.layout import feature_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.checkpoints import load_model
 from avatar_lightning.errors import CacheError
-from avatar_lightning.features.extract import feature_array
 from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
 
 
@@ -71,8 +71,8 @@ class DrivingClips:
     def cache(self, video: Path, extractor: str, output: str, relative: str,
               options: dict[str, Any] | None = None) -> CaptureCache:
         """``video`` ingested with ``features/<output>`` as ``extractor`` with ``relative`` makes them (kept)."""
-        from avatar_lightning.stages.features import extract_features
-        from avatar_lightning.stages.ingest import ingest_video
+        from avatar_lightning.capture.ingest import ingest_video
+        from avatar_lightning.features.run import extract_features
 
         folder = self.work / f"{video.stem}.{extractor}.{relative}"
         if not (folder / "manifest.json").is_file():
@@ -92,8 +92,8 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
     """One animator run (its ``checkpoints/last.ckpt``) driven by every clip."""
     import json
 
+    from avatar_lightning.features.run import options_from_record
     from avatar_lightning.models.animator import Animator
-    from avatar_lightning.stages.features import options_from_record
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
@@ -121,7 +121,8 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
 def score_grid(run_dirs: Sequence[Path], actor: CaptureCache, videos: Sequence[str | Path], work: str | Path,
                latents: str = "head_vae") -> list[RunTransfer]:
     """Every run driven by every video; the head VAE is the one recorded for ``latents/<latents>``."""
-    from avatar_lightning.stages.encode import latent_source, load_head_vae
+    from avatar_lightning.cache.layout import latent_source
+    from avatar_lightning.models.head_vae import load_head_vae
 
     source = latent_source(actor, latents)
     if source is None:

@@ -58,16 +58,17 @@ from torch.utils.flop_counter import FlopCounterMode
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: keep the table readable
 
 from avatar_lightning.avatar import Avatar  # noqa: E402
+from avatar_lightning.avatar.animate import stream_latents
+from avatar_lightning.avatar.precision import autocast  # noqa: E402
+from avatar_lightning.avatar.renderer import AvatarRenderer  # noqa: E402
+from avatar_lightning.avatar.runtime import make_runner  # noqa: E402
 from avatar_lightning.cache import CameraRecord  # noqa: E402
 from avatar_lightning.features.mediapipe_landmarks import MediaPipeLandmarks  # noqa: E402
 from avatar_lightning.models.animator import Animator  # noqa: E402
 from avatar_lightning.models.head_vae import HeadVAE  # noqa: E402
 from avatar_lightning.models.rerender import Rerenderer  # noqa: E402
 from avatar_lightning.nets.unet import UNet  # noqa: E402
-from avatar_lightning.precision import autocast  # noqa: E402
 from avatar_lightning.render import render_textured  # noqa: E402
-from avatar_lightning.runtime import make_runner  # noqa: E402
-from avatar_lightning.stages.animate import AvatarRenderer, stream_latents  # noqa: E402
 from avatar_lightning.synth.generate import PRESETS  # noqa: E402
 from avatar_lightning.synth.performance import generate_performance  # noqa: E402
 from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_identity, wall_texture  # noqa: E402

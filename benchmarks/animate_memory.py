@@ -45,10 +45,10 @@ def build_avatar(work: Path) -> Path:
     """Export a random-weight avatar of the tiny synthetic actor (the test suite's ``avatar_dir``, on disk)."""
     from avatar_lightning.avatar import export_avatar
     from avatar_lightning.cache import CaptureCache
+    from avatar_lightning.features.run import extract_features
     from avatar_lightning.models.animator import Animator
     from avatar_lightning.models.head_vae import HeadVAE
     from avatar_lightning.models.rerender import Rerenderer
-    from avatar_lightning.stages.features import extract_features
     from avatar_lightning.synth.generate import generate
 
     cache = generate(work / "actor", preset="tiny", seed=0)

@@ -49,8 +49,8 @@ from _timing import cpu_name  # a sibling module: benchmarks run as `python benc
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
+from avatar_lightning.avatar.runtime import make_runner
 from avatar_lightning.nets.unet import UNet
-from avatar_lightning.runtime import make_runner
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "backends.json"
 NETWORK = {"in_channels": 4, "out_channels": 6, "depth": 5, "width": 32, "max_width": 256, "norm": "group"}

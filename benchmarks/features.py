@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from avatar_lightning.cache import CaptureCache
+from avatar_lightning.capture.ingest import ingest_video
 from avatar_lightning.features.deca import DecaEncoder, DecaFeatures
 from avatar_lightning.features.mediapipe_landmarks import MediaPipeLandmarks
-from avatar_lightning.stages.features import extract_features
-from avatar_lightning.stages.ingest import ingest_video
+from avatar_lightning.features.run import extract_features
 from avatar_lightning.video import write_video
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "features.json"

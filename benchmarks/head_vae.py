@@ -23,9 +23,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from avatar_lightning.avatar.latents import encode_cache
 from avatar_lightning.cache import CaptureCache, SequenceRecord
 from avatar_lightning.models.head_vae import HeadVAE
-from avatar_lightning.stages.encode import encode_cache
 from datamodules import HeadDataModule
 
 

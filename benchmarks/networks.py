@@ -32,9 +32,9 @@ import torch
 from _timing import experiment, rerender_network, timed  # a sibling module: benchmarks run as `python benchmarks/X.py`
 from torch.utils.flop_counter import FlopCounterMode
 
+from avatar_lightning.avatar.precision import autocast, native_bf16
 from avatar_lightning.nets.head_vae import HeadVAENet
 from avatar_lightning.nets.unet import UNet
-from avatar_lightning.precision import autocast, native_bf16
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "networks.json"

@@ -34,9 +34,9 @@ DRIVING = ROOT.parent / "shared" / "data" / "driving"
 
 
 def geometry_measures(avatar: Any, cache_dir: Path) -> np.ndarray:
+    from avatar_lightning.avatar.animate import stream_latents
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.features.extract import feature_array
-    from avatar_lightning.stages.animate import stream_latents
+    from avatar_lightning.cache.layout import feature_array
     from avatar_lightning.transfer_score import mesh_measures
 
     features = CaptureCache(cache_dir).array(feature_array(avatar.features))
@@ -60,8 +60,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from avatar_lightning.avatar import load_avatar
+    from avatar_lightning.avatar.animate import animate_cache
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.stages.animate import animate_cache
     from avatar_lightning.transfer_score import score_measures, track_video, write_report
 
     clips = [Path(c) for c in args.clips] if args.clips else sorted(DRIVING.glob("*.mp4"))
@@ -84,8 +84,8 @@ def main() -> int:
             driver = drivers[clip].measures
             row: dict[str, Any] = {}
             if args.expression == "retarget":
-                from avatar_lightning.features.extract import feature_array
-                from avatar_lightning.stages.features import extract_features
+                from avatar_lightning.cache.layout import feature_array
+                from avatar_lightning.features.run import extract_features
                 from avatar_lightning.transfer_score import mesh_measures
 
                 if not CaptureCache(cache_dir).has(feature_array("tracked_blend")):

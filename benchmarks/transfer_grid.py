@@ -53,9 +53,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "transfer_grid.json")
     args = parser.parse_args()
 
+    from avatar_lightning.features.run import extract_features
     from avatar_lightning.stages.compare import main as compare_main
     from avatar_lightning.stages.demo import EXPERIMENTS, _fit, grid
-    from avatar_lightning.stages.features import extract_features
 
     clips = [str(c) for c in (args.clips or sorted(DRIVING.glob("*.mp4")))]
     if not clips:

@@ -30,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.template import load_template
+    from avatar_lightning.cache.template import load_template
     from avatar_lightning.transfer_grid import DrivingClips
     from avatar_lightning.transfer_score import mesh_measures, score_measures
 

@@ -14,15 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from avatar_lightning.cache.layout import feature_array, latent_array, valid_array
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.errors import CacheError
-from avatar_lightning.features.extract import feature_array, valid_array
 from datamodules.windows import CacheDataModule, CacheWindowDataset, ResumableDataLoader, resumable_shuffle
-
-
-def latent_array(run: str) -> str:
-    """Cache array of a head VAE's latents: ``latents/<run>`` (written by ``encode``)."""
-    return f"latents/{run}"
 
 
 class BatchedWindows(CacheWindowDataset):

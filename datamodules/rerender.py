@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
+from avatar_lightning.cache.layout import render_name
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
-from avatar_lightning.stages.render_mesh import render_name
 from datamodules.windows import CacheDataModule, CacheWindowDataset
 
 

@@ -131,10 +131,10 @@ def make_avatar(work: Path, synthetic_root: Path, latent_dim: int = 8) -> Path:
     import shutil
 
     from avatar_lightning.avatar import export_avatar
+    from avatar_lightning.features.run import extract_features
     from avatar_lightning.models.animator import Animator
     from avatar_lightning.models.head_vae import HeadVAE
     from avatar_lightning.models.rerender import Rerenderer
-    from avatar_lightning.stages.features import extract_features
 
     root = work / "actor"
     shutil.copytree(synthetic_root, root)

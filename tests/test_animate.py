@@ -11,10 +11,11 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from avatar_lightning.avatar import Avatar, export_avatar, load_avatar
+from avatar_lightning.avatar.animate import animate_video
+from avatar_lightning.avatar.renderer import AvatarRenderer, orbit_cameras
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main as cli_main
 from avatar_lightning.features.head_pose import HeadRotationTracker
-from avatar_lightning.stages.animate import AvatarRenderer, animate_video, orbit_cameras
 from avatar_lightning.video import count_frames, probe_video, write_video
 from tests.conftest import AVATAR_LATENT_DIM as LATENT_DIM
 from tests.features_fixtures import blank, face_image, moving_face_frames, rotate_scale
@@ -161,7 +162,7 @@ def test_a_foreign_checkpoint_is_refused(avatar_dir: Path, tmp_path: Path) -> No
 
 
 def test_driving_features_of_another_size_are_refused(avatar_dir: Path, tmp_path: Path) -> None:
-    from avatar_lightning.stages.animate import animate_cache
+    from avatar_lightning.avatar.animate import animate_cache
 
     frames = moving_face_frames(12, size=64)
     cache = CaptureCache.create(tmp_path / "driving", fps=25.0, num_frames=12,
@@ -176,7 +177,7 @@ def test_driving_features_of_another_size_are_refused(avatar_dir: Path, tmp_path
 
 def test_retarget_shapes_the_mesh_with_the_drivers_own_weights(avatar_dir: Path, driving_video: Path,
                                                                 tmp_path: Path) -> None:
-    from avatar_lightning.stages.animate import animate_cache
+    from avatar_lightning.avatar.animate import animate_cache
 
     out = tmp_path / "retarget.mp4"
     code = cli_main(["animate", "--driving", str(driving_video), "--avatar", str(avatar_dir), "--out", str(out),
@@ -198,7 +199,7 @@ def test_retarget_shapes_the_mesh_with_the_drivers_own_weights(avatar_dir: Path,
 
 # ---------------------------------------------------------------------------------------------- precision
 def test_precision_choice_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from avatar_lightning import precision
+    from avatar_lightning.avatar import precision
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)

@@ -23,8 +23,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from avatar_lightning.avatar import Avatar, load_avatar
+from avatar_lightning.avatar.renderer import ORBIT_DEGREES, ORBIT_SECONDS, AvatarRenderer, orbit_cameras
 from avatar_lightning.features.head_pose import HeadRotationTracker
-from avatar_lightning.stages.animate import ORBIT_DEGREES, ORBIT_SECONDS, AvatarRenderer, orbit_cameras
 from avatar_lightning.synth.face import CHIN, EYE_LOOPS, FOREHEAD, NOSE_TIP
 from tests.features_fixtures import face_image, rotate_scale
 

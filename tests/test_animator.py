@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from avatar_lightning.avatar.latents import record_latent_source
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import build_lightning_cli
 from avatar_lightning.cli import main as cli_main
@@ -25,7 +26,6 @@ from avatar_lightning.scoring import (
     score_sequences,
     second_difference_magnitude,
 )
-from avatar_lightning.stages.encode import record_latent_source
 from datamodules.animator import AnimatorDataModule
 from tests.conftest import REPO_ROOT
 from tests.helpers import make_expression_cache, save_lightning_checkpoint

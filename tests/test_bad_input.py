@@ -87,7 +87,8 @@ def make_videos(folder: Path) -> Path:
 
 def make_world(folder: Path, avatar: Path | None = None) -> World:
     """Videos, and (unless given) an avatar of the tiny synthetic actor; the actor gets latents/head_vae."""
-    from avatar_lightning.stages.encode import encode_cache, load_head_vae
+    from avatar_lightning.avatar.latents import encode_cache
+    from avatar_lightning.models.head_vae import load_head_vae
 
     if avatar is None:
         from avatar_lightning.synth.generate import generate
@@ -147,7 +148,7 @@ def _run_with(tmp: Path, checkpoint: str) -> str:
 
 
 def _ingested(world: World, tmp: Path) -> str:
-    from avatar_lightning.stages.ingest import ingest_video
+    from avatar_lightning.capture.ingest import ingest_video
 
     ingest_video(world.video("face"), tmp / "ingested", overwrite=True)
     return str(tmp / "ingested")

@@ -20,8 +20,10 @@ from scipy.optimize._numdiff import approx_derivative
 from scipy.spatial.transform import Rotation
 
 from avatar_lightning.cache import CacheError
+from avatar_lightning.capture import bundle_adjustment as adjust
 from avatar_lightning.capture import calibration as calib
 from avatar_lightning.features.mediapipe_landmarks import RIGID_LANDMARKS
+from avatar_lightning.render.cameras import approximate_intrinsics
 from avatar_lightning.synth.scene import make_cameras
 
 NAMES = ["front", "left", "right"]
@@ -159,7 +161,7 @@ def _capture(seed: int, outliers: float = 0.0, frames: int = 30, focal_scale: fl
     rng = np.random.default_rng(seed)
     reference = _face(rng)
     R, t = _truth_rig()
-    K = np.array(calib.default_intrinsics(*SIZE))
+    K = np.array(approximate_intrinsics(*SIZE))
     K[[0, 1], [0, 1]] *= focal_scale
     yaw = rng.uniform(-25, 25, frames)
     pitch_roll = rng.normal(0, 3, (frames, 2))
@@ -191,7 +193,7 @@ def _rig_errors(result: calib.Calibration) -> tuple[list[float], list[float]]:
 @pytest.fixture(scope="module")
 def clean() -> calib.Calibration:
     landmarks, valid, reference = _capture(seed=0)
-    return calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+    return adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
 
 
 def test_bundle_adjustment_recovers_the_rig(clean: calib.Calibration) -> None:
@@ -200,7 +202,7 @@ def test_bundle_adjustment_recovers_the_rig(clean: calib.Calibration) -> None:
     assert max(centres) < 0.02, centres  # metres: the reference's scale carries over to the rig
     assert clean.estimated and clean.distortion == [None] * 3
     assert clean.cameras[0].R == np.eye(3).tolist() and clean.cameras[0].t == [0.0, 0.0, 0.0]
-    assert all(c.K == calib.default_intrinsics(*SIZE) for c in clean.cameras)
+    assert all(c.K == approximate_intrinsics(*SIZE) for c in clean.cameras)
     assert [c.name for c in clean.cameras] == NAMES
     # The left diagonal camera stands to camera 0's left (x < 0), the right one to its right.
     assert (-np.array(clean.cameras[1].R).T @ clean.cameras[1].t)[0] < -0.3
@@ -210,7 +212,7 @@ def test_bundle_adjustment_recovers_the_rig(clean: calib.Calibration) -> None:
 def test_the_report_shows_the_fit_and_its_assumptions(clean: calib.Calibration) -> None:
     report = clean.report
     json.dumps(report)  # goes into the manifest
-    assert report["method"] == calib.METHOD and "default field of view" in report["intrinsics"]
+    assert report["method"] == adjust.METHOD and "default field of view" in report["intrinsics"]
     assert report["frames"] == 30 and report["iterations"] > 0 and report["converged"]
     noise_floor = XY_NOISE_PX * np.sqrt(2)  # rms of the 2-D noise
     for name in NAMES:
@@ -223,7 +225,7 @@ def test_the_report_shows_the_fit_and_its_assumptions(clean: calib.Calibration) 
 
 def test_outlying_landmarks_do_not_move_the_rig() -> None:
     landmarks, valid, reference = _capture(seed=1, outliers=0.05)
-    result = calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+    result = adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
     rotations, centres = _rig_errors(result)
     assert max(rotations) < 1.5, rotations
     assert max(centres) < 0.02, centres
@@ -236,7 +238,7 @@ def test_a_camera_linked_only_through_another_is_placed() -> None:
     valid[:20, 2] = False  # right camera: only in the second half
     valid[20:, 0] = False  # front camera: only in the first half; the left one sees both halves
     landmarks[~valid] = np.nan  # what a landmark store holds where no face was found
-    result = calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference, max_frames=12)
+    result = adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference, max_frames=12)
     assert result.report["links"] == [["front", "left"], ["left", "right"]]
     rotations, centres = _rig_errors(result)
     assert max(rotations) < 1.0 and max(centres) < 0.03, (rotations, centres)
@@ -249,14 +251,14 @@ def test_focal_refinement_finds_a_longer_lens() -> None:
     accurate trust-region steps (``LSMR_OPTIONS``; lsmr's defaults stop ~12 cm off).
     """
     landmarks, valid, reference = _capture(seed=3, focal_scale=1.8, outliers=0.05)
-    guessed = calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+    guessed = adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
     assert min(_rig_errors(guessed)[1]) > 0.1  # the default lens makes a rig far too small
-    refined = calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference, refine_focal=True)
+    refined = adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference, refine_focal=True)
     rotations, centres = _rig_errors(refined)
     assert max(rotations) < 1.0 and max(centres) < 0.04, (rotations, centres)
     for k, name in enumerate(NAMES):
         assert refined.report["focal_scale"][name] == pytest.approx(1.8, rel=0.05)
-        assert refined.cameras[k].K[0][0] == pytest.approx(1.8 * calib.default_intrinsics(*SIZE)[0][0], rel=0.05)
+        assert refined.cameras[k].K[0][0] == pytest.approx(1.8 * approximate_intrinsics(*SIZE)[0][0], rel=0.05)
     assert "refined" in refined.report["intrinsics"]
 
 
@@ -267,8 +269,8 @@ def test_the_analytic_jacobian_matches_finite_differences() -> None:
         valid[:, 1] = True
         frame, camera = np.nonzero(valid)
         reference = _face(rng, len(RIGID_LANDMARKS))
-        problem = calib._Problem(frame, camera, rng.normal(128, 10, (len(frame), len(RIGID_LANDMARKS), 2)),
-                                 np.stack([np.array(calib.default_intrinsics(256, 200))] * 3), reference, 4,
+        problem = adjust._Problem(frame, camera, rng.normal(128, 10, (len(frame), len(RIGID_LANDMARKS), 2)),
+                                 np.stack([np.array(approximate_intrinsics(256, 200))] * 3), reference, 4,
                                  refine_focal)
         R = Rotation.from_rotvec(rng.normal(0, 0.3, (3, 3))).as_matrix()
         t = np.c_[rng.normal(0, 0.1, (3, 2)), np.ones(3)]
@@ -283,11 +285,11 @@ def test_the_analytic_jacobian_matches_finite_differences() -> None:
 # ---------------------------------------------------------------------------------------------- edge cases
 def test_a_single_camera_is_the_world_frame() -> None:
     landmarks, valid, reference = _capture(seed=4, frames=3)
-    result = calib.estimate_calibration(landmarks[:, :1], valid[:, :1], [(320, 240)], ["solo"], reference)
+    result = adjust.estimate_calibration(landmarks[:, :1], valid[:, :1], [(320, 240)], ["solo"], reference)
     (camera,) = result.cameras
     assert result.estimated and camera.name == "solo" and (camera.width, camera.height) == (320, 240)
     assert camera.R == np.eye(3).tolist() and camera.t == [0.0, 0.0, 0.0]
-    assert camera.K == calib.default_intrinsics(320, 240) and camera.K[0][0] == 1.2 * 320
+    assert camera.K == approximate_intrinsics(320, 240) and camera.K[0][0] == 1.2 * 320
     assert "single camera" in result.report["method"] and "default field of view" in result.report["intrinsics"]
 
 
@@ -296,17 +298,17 @@ def test_cameras_that_never_see_the_face_together_are_named() -> None:
     valid[:] = [[True, True, False]] * 3 + [[False, False, True]] * 3
     with pytest.raises(CacheError, match=r"camera right never sees the face .* cameras front, left .*--calibration "
                                          "FILE"):
-        calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+        adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
     valid[:] = [[True, False, False]] * 3 + [[False, True, True]] * 3
     with pytest.raises(CacheError, match="cameras left, right never see the face in a frame where camera front"):
-        calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+        adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
 
 
 def test_a_camera_without_any_face_is_named() -> None:
     landmarks, valid, reference = _capture(seed=4, frames=6)
     valid[:, 1] = False
     with pytest.raises(CacheError, match="camera left never sees a face.*--calibration FILE"):
-        calib.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
+        adjust.estimate_calibration(landmarks, valid, [SIZE] * 3, NAMES, reference)
 
 
 def test_bad_landmarks_are_refused() -> None:
@@ -314,7 +316,7 @@ def test_bad_landmarks_are_refused() -> None:
     nan = landmarks.copy()
     nan[2, 1, 7, 0] = np.nan
     with pytest.raises(CacheError, match="NaN"):
-        calib.estimate_calibration(nan, valid, [SIZE] * 3, NAMES, reference)
+        adjust.estimate_calibration(nan, valid, [SIZE] * 3, NAMES, reference)
     for bad in ((landmarks[:, :2], valid, [SIZE] * 3, NAMES, reference),  # 2 cameras of landmarks, 3 of valid
                 (landmarks, valid[:4], [SIZE] * 3, NAMES, reference),  # frame counts differ
                 (landmarks, valid, [SIZE] * 2, NAMES, reference),  # a size missing
@@ -323,4 +325,4 @@ def test_bad_landmarks_are_refused() -> None:
                 (landmarks[:, :, :400], valid, [SIZE] * 3, NAMES, reference[:400]),  # not FaceMesh's count
                 (landmarks, valid, [SIZE] * 3, NAMES, reference[:468])):  # reference of another count
         with pytest.raises(CacheError, match="disagree"):
-            calib.estimate_calibration(*bad)
+            adjust.estimate_calibration(*bad)

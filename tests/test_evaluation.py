@@ -170,7 +170,8 @@ def test_face_boxes_bound_the_points_widened_and_clipped() -> None:
 @pytest.fixture(scope="module")
 def trained(avatar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A copy of the avatar fixture's actor with latents encoded by its head VAE, and two short animator runs."""
-    from avatar_lightning.stages.encode import encode_cache, load_head_vae, record_latent_source
+    from avatar_lightning.avatar.latents import encode_cache, record_latent_source
+    from avatar_lightning.models.head_vae import load_head_vae
 
     work = tmp_path_factory.mktemp("evaluation")
     actor = work / "actor"
@@ -201,8 +202,8 @@ def test_image_scores_match_a_known_answer(trained: dict[str, Path], tmp_path: P
     here, plus noise of known sigma: the scorer must find the PSNR of that noise (it would not if it read other
     frames, poses or cameras), and the head posed as in other frames scores lower."""
     from avatar_lightning.checkpoints import load_model
+    from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.models.rerender import Rerenderer
-    from avatar_lightning.stages.encode import load_head_vae
 
     actor = tmp_path / "actor"
     shutil.copytree(trained["actor"], actor)
@@ -306,9 +307,9 @@ def test_lpips_is_measured_where_its_backbone_file_is_given(trained: dict[str, P
     import torchvision
 
     from avatar_lightning.checkpoints import load_model
+    from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.models.rerender import Rerenderer
     from avatar_lightning.nets.perceptual import ALEXNET_FILE, load_lpips
-    from avatar_lightning.stages.encode import load_head_vae
 
     backbone = tmp_path / ALEXNET_FILE
     torch.manual_seed(0)

@@ -155,8 +155,8 @@ def test_a_failed_rerun_of_a_named_run_keeps_the_earlier_one(tmp_path: Path,
 
 def test_export_refuses_a_head_vae_other_than_the_one_that_encoded(avatar_dir: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar_lightning.avatar.latents import record_latent_source
     from avatar_lightning.models.head_vae import HeadVAE
-    from avatar_lightning.stages.encode import record_latent_source
 
     sources = avatar_dir.parent
     actor = tmp_path / "actor"
@@ -473,7 +473,7 @@ def _leftovers_named(root: Path, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_a_killed_ingest_leaves_the_previous_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from avatar_lightning.stages.ingest import ingest_video
+    from avatar_lightning.capture.ingest import ingest_video
     from avatar_lightning.video import write_video
     from tests.features_fixtures import moving_face_frames
 
@@ -486,7 +486,7 @@ def test_a_killed_ingest_leaves_the_previous_cache(tmp_path: Path, capsys: pytes
             if what == "write frames" and done >= 8:
                 os.kill(os.getpid(), signal.SIGKILL)
     """, f"""
-        from avatar_lightning.stages.ingest import ingest_video
+        from avatar_lightning.capture.ingest import ingest_video
         ingest_video({str(second)!r}, {str(out)!r}, overwrite=True, chunk=4, progress=progress)
     """)
     assert killed.returncode == -9, killed.stderr
@@ -564,7 +564,7 @@ def test_a_killed_render_mesh_keeps_the_previous_renders(avatar_dir: Path, tmp_p
                  "--batch-size", "64"]) == 0
     before = CaptureCache(actor).read("renders/tracking/frontal")
     killed = _kill_in("""
-        import avatar_lightning.stages.render_mesh as stage
+        import avatar_lightning.avatar.mesh_renders as stage
         original = stage.render_textured
         calls = []
         def render_textured(*args, **kwargs):

@@ -20,7 +20,7 @@ from avatar_lightning.features.extract import (
     subtract_running_mean,
     subtract_warmup_mean,
 )
-from avatar_lightning.stages.features import extract_features
+from avatar_lightning.features.run import extract_features
 from datamodules import ContiguousSampler
 from tests.features_fixtures import blank, frames_cache, moving_face_frames
 

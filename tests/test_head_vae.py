@@ -10,12 +10,12 @@ import pytest
 import torch
 import torchvision
 
+from avatar_lightning.avatar.latents import encode_cache
 from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
 from avatar_lightning.cli import main
-from avatar_lightning.models.head_vae import HeadVAE
+from avatar_lightning.models.head_vae import HeadVAE, load_head_vae
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import ALEXNET_FILE, load_lpips
-from avatar_lightning.stages.encode import encode_cache, load_head_vae
 from datamodules import HeadDataModule
 from tests.conftest import REPO_ROOT
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.capture.ingest import ingest_video
 from avatar_lightning.cli import main
-from avatar_lightning.stages.ingest import approximate_intrinsics, ingest_video
+from avatar_lightning.render.cameras import approximate_intrinsics
 from avatar_lightning.video import VideoError, VideoWriter, count_frames, iter_frames, probe_video, write_video
 from tests.features_fixtures import face_image, moving_face_frames, write_timed_video
 

@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from avatar_lightning.avatar.mesh_renders import render_cache
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.template import load_template
 from avatar_lightning.cli import main
-from avatar_lightning.compose import compose
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.models.rerender import Rerenderer
 from avatar_lightning.nets.unet import UNet
 from avatar_lightning.render import Cameras, RasterSettings, render_textured
-from avatar_lightning.stages.render_mesh import render_cache
-from avatar_lightning.cache.template import load_template
+from avatar_lightning.render.compose import compose
 from datamodules.rerender import RerenderDataModule
 from tests.conftest import REPO_ROOT
 

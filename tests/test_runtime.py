@@ -1,4 +1,4 @@
-"""Inference backends (``avatar_lightning.runtime``): every backend against eager PyTorch on the re-render U-Net
+"""Inference backends (``avatar_lightning.avatar.runtime``): every backend against eager PyTorch on the re-render U-Net
 and the head VAE's decoder, stale exports, missing packages. No timings here: ``benchmarks/backends.py``.
 
 torch.compile takes seconds per input shape even for these tiny networks on a 2-core CPU, so its equality tests
@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from avatar_lightning.avatar.runtime import BackendUnavailableError, make_runner
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.nets.unet import UNet
-from avatar_lightning.runtime import BackendUnavailableError, make_runner
 
 ATOL = 1e-4  # float32: the backends reorder sums (oneDNN, ORT's kernels, inductor); measured ~1e-5
 BACKENDS = ["torch", "onnxruntime", pytest.param("compile", marks=pytest.mark.slow)]

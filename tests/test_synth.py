@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.template import load_template
 from avatar_lightning.cli import main
 from avatar_lightning.render import Cameras
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
@@ -17,7 +18,6 @@ from avatar_lightning.synth.face import detect_landmarks
 from avatar_lightning.synth.generate import ACTOR_CAMERAS, PRESETS, generate
 from avatar_lightning.synth.performance import generate_performance
 from avatar_lightning.synth.scene import StudioRenderer, make_cameras, make_identity, wall_texture
-from avatar_lightning.cache.template import load_template
 
 
 def test_shapes_splits_and_ranges(synthetic_tiny: CaptureCache) -> None:

@@ -2,10 +2,10 @@
 
 Steps, each its own module: decode the cameras in lock-step (:mod:`.sources`); FaceMesh landmarks per camera
 and frame (faceless frames flagged and counted, never fatal unless a camera never sees a face); the actor's
-template (:mod:`.template`); cameras loaded or estimated (:mod:`.calibration`); pose and blend weights fitted
-to every camera's landmarks (:mod:`.fitting`); UV textures blended over cameras (:mod:`.textures`); clean plates
-(:mod:`.clean_plate`); a time split (:mod:`.split`). Frames, landmarks and textures stream through
-``array_writer``, so memory is flat in the capture's length.
+template (:mod:`.template`); cameras loaded (:mod:`.calibration`) or estimated (:mod:`.bundle_adjustment`); pose
+and blend weights fitted to every camera's landmarks (:mod:`.tracking`, :mod:`.fitting`); UV textures blended
+over cameras (:mod:`.textures`); clean plates (:mod:`.clean_plate`); a time split (:mod:`.split`). Frames,
+landmarks and textures stream through ``array_writer``, so memory is flat in the capture's length.
 
 The cache is built in a hidden folder beside ``out`` and renamed into place only when complete: a failure or an
 interrupt leaves ``out`` as it was.
@@ -27,53 +27,43 @@ import torch
 
 from avatar_lightning import __version__
 from avatar_lightning.cache.files import check_output_folder, staged_folder
+from avatar_lightning.cache.layout import landmark_array, landmark_valid_array
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.capture import calibration as calib
+from avatar_lightning.capture.bundle_adjustment import estimate_calibration
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
-from avatar_lightning.capture.fitting import (
-    FitResult,
-    FitSettings,
-    HeadTracker,
-    RigCameras,
-    face_heights,
-    initial_pose,
-    refine_rest_shape,
-)
+from avatar_lightning.capture.fitting import FitResult, FitSettings
 from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistorter, iter_capture, probe_capture
 from avatar_lightning.capture.split import time_split
-from avatar_lightning.capture.template import ActorTemplate, build_actor_template, with_rest_shape
+from avatar_lightning.capture.template import ActorTemplate, build_actor_template
 from avatar_lightning.capture.textures import RunningTexture, fuse_cameras, mean_texture, to_uint8
+from avatar_lightning.capture.tracking import (
+    FOCAL_CANDIDATES,
+    TEMPLATE_SAMPLE,
+    LandmarkStore,
+    choose_focal,
+    evenly,
+    fit_tracking,
+    template_camera,
+    triangulate_template,
+)
 from avatar_lightning.errors import CacheError
 from avatar_lightning.features.mediapipe_landmarks import NUM_LANDMARKS, FaceMeshTracker
-from avatar_lightning.render import Cameras, Mesh, RasterSettings, get_rasterizer, uv_to_clip, vertex_normals
+from avatar_lightning.render import Cameras, Mesh, RasterSettings, get_rasterizer, uv_to_clip
+from avatar_lightning.render.cameras import approximate_intrinsics
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 
 STAGE = "prepare"
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
-TEMPLATE_SAMPLE = 600  # landmark sets (evenly spaced) the neutral is estimated from
 CALIBRATION_SAMPLE = 40
-SHAPE_SAMPLE, SHAPE_ROUNDS = 200, 2  # frames and rounds of the multi-camera rest-shape triangulation
-FOCAL_SAMPLE = 60  # frames the monocular focal search fits
-# Focal length candidates (x the longer image side) for an uncalibrated single camera. FaceMesh's landmarks follow
-# a near weak-perspective model, so its faces fit best with long lenses; the search picks by reprojection error.
-FOCAL_CANDIDATES = (1.2, 2.0, 3.0, 4.5, 7.0, 10.0, 15.0)
 TEXTURE_MEAN_SAMPLE = 32
 FACE_TEXTURE_SHARE = 0.67  # of the UV layout's height the face (forehead to chin) spans
 MESH_LANDMARKS = 468  # FaceMesh's mesh points; the 10 iris points have no template vertex
 PLATE_SAMPLE = 48
-
-
-def landmark_array(camera: str) -> str:
-    """Cache array of FaceMesh landmarks ``(N, 478, 3)`` float32 (pixels; z relative depth) of ``camera``."""
-    return f"tracking/landmarks/{camera}"
-
-
-def landmark_valid_array(camera: str) -> str:
-    return f"tracking/landmarks/{camera}.valid"
 
 
 def camera_names(count: int) -> list[str]:
@@ -135,115 +125,6 @@ def check_faces(seen: np.ndarray, sources: Sequence[CameraSource]) -> None:
         if not seen[:, k].any():
             raise CacheError(f"camera {source.spec!r}: MediaPipe FaceMesh found no face in any of its "
                              f"{len(seen)} frames; is the actor in view (and the region right)?")
-
-
-def evenly(frames: np.ndarray, count: int) -> np.ndarray:
-    """At most ``count`` of ``frames`` (sorted indices), evenly spaced."""
-    if len(frames) <= count:
-        return frames
-    return frames[np.linspace(0, len(frames) - 1, count).round().astype(int)]
-
-
-def template_camera(store: LandmarkStore, seen: np.ndarray) -> int:
-    """The camera that sees the face most often and most frontally (its landmarks make the neutral)."""
-    best, best_score = 0, -np.inf
-    for k, array in enumerate(store.arrays):
-        rows = evenly(np.flatnonzero(seen[:, k]), 50)
-        if not len(rows):
-            continue
-        points = np.asarray(array[rows], np.float64)
-        # Frontal: the nose tip midway between the face's sides (landmarks 234, 454) in the image.
-        sides = points[:, [234, 454], 0]
-        balance = np.abs((points[:, 1, 0] - sides[:, 0]) / np.maximum(sides[:, 1] - sides[:, 0], 1e-6) - 0.5)
-        score = len(np.flatnonzero(seen[:, k])) / len(seen) - 2 * float(np.median(balance))
-        if score > best_score:
-            best, best_score = k, score
-    return best
-
-
-class LandmarkStore:
-    """Every camera's landmark array in the cache, read by frame rows: ``(B, C, 478, 3)`` float64, NaN: no face."""
-
-    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
-        self.arrays = list(arrays)  # one (N, 478, 3) array (memory map or in memory) per camera
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([np.asarray(array[rows], np.float64) for array in self.arrays], 1)
-
-
-def initial_poses(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord],
-                  template: ActorTemplate, rows: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """``(len(rows), 6)`` closed-form poses, each from the camera in which that frame's face is largest."""
-    pose = np.zeros((len(rows), 6))
-    vertices = template.template.vertices.astype(np.float64)
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        points = store.read(part)  # (B, C, L, 3)
-        heights = np.where(seen[part], face_heights(points), -1.0)
-        best = heights.argmax(1)
-        for k, record in enumerate(records):
-            mine = np.flatnonzero((best == k) & seen[part, k])
-            if len(mine):
-                pose[start + mine] = initial_pose(points[mine, k], vertices, np.array(record.K), np.array(record.R),
-                                                  np.array(record.t))
-    return pose
-
-
-def _tracker(template: ActorTemplate, records: Sequence[CameraRecord], settings: FitSettings) -> HeadTracker:
-    normals = vertex_normals(torch.from_numpy(template.template.vertices),
-                             torch.from_numpy(template.template.triangles))[0].numpy()
-    return HeadTracker(template.template.vertices, template.blend_basis, RigCameras.from_records(list(records)),
-                       settings, normals=normals)
-
-
-def fit_tracking(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord], template: ActorTemplate,
-                 settings: FitSettings, progress: Progress, rows: np.ndarray | None = None) -> FitResult:
-    """Pose and blend weights of every frame (or of ``rows`` only, e.g. for the focal search)."""
-    tracker = _tracker(template, records, settings)
-    rows = np.arange(len(seen)) if rows is None else rows
-    init = initial_poses(store, seen, records, template, rows)
-
-    def landmarks(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        return store.read(rows[start:stop]), seen[rows[start:stop]]
-
-    return tracker.fit(landmarks, len(rows), init, progress)
-
-
-def choose_focal(store: LandmarkStore, seen: np.ndarray, record: CameraRecord,
-                 template: ActorTemplate, settings: FitSettings) -> tuple[CameraRecord, dict[str, float]]:
-    """For one uncalibrated camera: the focal length among :data:`FOCAL_CANDIDATES` that fits landmarks best."""
-    rows = evenly(np.flatnonzero(seen[:, 0]), FOCAL_SAMPLE)
-    side = max(record.width, record.height)
-    errors: dict[str, float] = {}
-    best, best_error = record, np.inf
-    quiet = settings.without_smoothing()
-    for multiple in FOCAL_CANDIDATES:
-        K = np.array(record.K, np.float64)
-        K[0, 0] = K[1, 1] = multiple * side
-        candidate = CameraRecord(record.name, K.tolist(), record.R, record.t, record.width, record.height)
-        result = fit_tracking(store, seen, [candidate], template, quiet, lambda *a: None, rows)
-        error = float(np.nanmedian(result.rms / result.face_height))
-        errors[f"{multiple:g}"] = error
-        if error < best_error:
-            best, best_error = candidate, error
-    return best, errors
-
-
-def triangulate_template(store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord],
-                         template: ActorTemplate, settings: FitSettings) -> ActorTemplate:
-    """Several cameras see the face's depth that one FaceMesh guesses: re-fit the rest shape to all of them.
-
-    Rounds of (fit poses and weights on a sample of frames, then re-triangulate every vertex with those held).
-    """
-    rows = evenly(np.arange(len(seen)), SHAPE_SAMPLE)
-    rows = rows[seen[rows].any(1)]
-    apart = settings.without_smoothing()
-    for _ in range(SHAPE_ROUNDS):
-        fit = fit_tracking(store, seen, records, template, apart, lambda *a: None, rows)
-        tracker = _tracker(template, records, settings)
-        rest = refine_rest_shape(tracker, store.read(rows), seen[rows], fit.pose, fit.blend_weights)
-        template = with_rest_shape(template, rest)
-    return template
 
 
 def write_template(cache: CaptureCache, template: ActorTemplate) -> None:
@@ -391,7 +272,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                                                                                          strict=True)],
                                        loaded.distortion, loaded.estimated, loaded.report)
     provisional = loaded.cameras if loaded else [
-        CameraRecord(name, calib.default_intrinsics(w, h), np.eye(3).tolist(), [0.0, 0.0, 0.0], w, h)
+        CameraRecord(name, approximate_intrinsics(w, h), np.eye(3).tolist(), [0.0, 0.0, 0.0], w, h)
         for name, (w, h) in zip(names, info.sizes, strict=True)]
     with staged_folder(out, STAGE) as staging:
         cache = CaptureCache.create(
@@ -459,5 +340,5 @@ def estimate_cameras(store: LandmarkStore, seen: np.ndarray, info: CaptureInfo, 
     """Cameras by bundle adjustment of FaceMesh landmarks (the first camera is the world frame)."""
     rows = evenly(np.flatnonzero(seen.sum(1) >= min(2, len(names))), 4 * CALIBRATION_SAMPLE)
     mesh_points = template.template.vertices[:MESH_LANDMARKS].astype(np.float64)
-    return calib.estimate_calibration(store.read(rows)[:, :, :MESH_LANDMARKS], seen[rows], info.sizes, names,
+    return estimate_calibration(store.read(rows)[:, :, :MESH_LANDMARKS], seen[rows], info.sizes, names,
                                       mesh_points, max_frames=CALIBRATION_SAMPLE)

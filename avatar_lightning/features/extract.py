@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar_lightning.cache.layout import feature_array, valid_array
 from avatar_lightning.errors import CacheError
 from avatar_lightning.features.base import FeatureExtractor, build_extractor
 
@@ -38,16 +39,6 @@ Relative = Literal["none", "sequence", "capture", "running", "running_zscore", "
 RELATIVE_CHOICES: tuple[str, ...] = ("none", "sequence", "capture", "running", "running_zscore", "warmup")
 CHUNK_ROWS = 4096
 RUNNING_WARMUP_SECONDS = 2.0  # ``running``: the neutral estimate never rests on fewer valid frames than this
-
-
-def feature_array(output: str) -> str:
-    """Cache array of an output: ``features/<output>``."""
-    return f"features/{output}"
-
-
-def valid_array(output: str) -> str:
-    """Cache array of an output's validity mask: ``features/<output>.valid``."""
-    return f"features/{output}.valid"
 
 
 class FeatureExtraction(pl.LightningModule):

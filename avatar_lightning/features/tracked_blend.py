@@ -32,17 +32,17 @@ Progress = Callable[[str, int, int], None]
 def fit_blend_weights(landmarks: np.ndarray, valid: np.ndarray, width: int, height: int,
                       progress: Progress | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The person's own template and per-frame blend weights ``(N, 17)`` from its landmarks (pixels)."""
-    from avatar_lightning.capture import calibration as calib
     from avatar_lightning.capture.fitting import FitSettings
-    from avatar_lightning.capture.prepare import TEMPLATE_SAMPLE, LandmarkStore, choose_focal, evenly, fit_tracking
     from avatar_lightning.capture.template import build_actor_template
+    from avatar_lightning.capture.tracking import TEMPLATE_SAMPLE, LandmarkStore, choose_focal, evenly, fit_tracking
+    from avatar_lightning.render.cameras import approximate_intrinsics
 
     if not valid.any():
         raise CacheError("FaceMesh found no face in any frame: no blend weights can be fitted")
     store = LandmarkStore([landmarks])
     seen = valid[:, None]
     template = build_actor_template(landmarks[evenly(np.flatnonzero(valid), TEMPLATE_SAMPLE)])
-    record = CameraRecord("cam0", calib.default_intrinsics(width, height), np.eye(3).tolist(), [0.0, 0.0, 0.0],
+    record = CameraRecord("cam0", approximate_intrinsics(width, height), np.eye(3).tolist(), [0.0, 0.0, 0.0],
                           width, height)
     settings = FitSettings()
     record, focal_search = choose_focal(store, seen, record, template, settings)

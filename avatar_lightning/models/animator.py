@@ -268,7 +268,8 @@ class Animator(pl.LightningModule):
 
     def _blend_decoder(self, cache: CaptureCache, latents: str) -> tuple[Any, str | None]:
         """A function ``z (L, Z) -> blend weights (L, K)`` from the head VAE, or None and the reason."""
-        from avatar_lightning.stages.encode import latent_source, load_head_vae
+        from avatar_lightning.cache.layout import latent_source
+        from avatar_lightning.models.head_vae import load_head_vae
 
         path = self.hparams.head_vae_checkpoint or latent_source(cache, latents)
         reason = None

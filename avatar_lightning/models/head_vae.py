@@ -8,6 +8,7 @@ steps; the discriminator learns to tell captured from reconstructed textures (hi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from avatar_lightning.checkpoints import load_model
 from avatar_lightning.errors import CacheError
 from avatar_lightning.models.gan import idle, judge_as_generator, update
 from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
@@ -204,3 +206,9 @@ class HeadVAE(pl.LightningModule):
         """Posterior means of every frame, keyed for the cache writer: ``latent (B, Z)``, ``frame_index (B,)``."""
         texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
         return {"frame_index": batch["frame_index"][:, 0], "latent": self.encode(texture, blend)}
+
+
+def load_head_vae(checkpoint: str | Path) -> HeadVAE:
+    """A trained :class:`HeadVAE` in eval mode on the CPU; a clear error for a missing or foreign file."""
+    return load_model(HeadVAE, checkpoint,
+                      hint="train one with `python -m avatar_lightning fit --config experiments/head_vae.yaml`")

@@ -18,12 +18,12 @@ from torch import Tensor
 from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from avatar_lightning.compose import Composition, compose
 from avatar_lightning.models.gan import idle, judge_as_generator, update
 from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
 from avatar_lightning.nets.head_vae import PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
 from avatar_lightning.nets.unet import UNet
+from avatar_lightning.render.compose import Composition, compose
 
 GRID_KEYS = ("i_orig", "i_corr", "alpha", "beta", "gamma", "mask", "i_out", "frame")
 

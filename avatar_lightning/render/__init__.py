@@ -1,4 +1,5 @@
-"""Rendering: cameras, meshes, the rasterizer primitives (pure PyTorch, or nvdiffrast on CUDA), texturing.
+"""Rendering: cameras, meshes, the rasterizer primitives (pure PyTorch, or nvdiffrast on CUDA), texturing, and
+the image formation model of paper §4 (``compose``: I_out = α I_orig + β I_corr + γ I_backg).
 
 Conventions (OpenCV cameras, clip space, image and texture layouts) are set out in ``cameras.py``,
 ``mesh.py`` and ``rasterizer.py``.

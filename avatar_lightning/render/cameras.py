@@ -24,7 +24,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Cameras", "broadcast_batch"]
+__all__ = ["Cameras", "approximate_intrinsics", "broadcast_batch"]
+
+FOCAL_PRIOR = 1.2  # focal length / longer side: COLMAP's default prior, about 45 degrees across the longer side
+
+
+def approximate_intrinsics(width: int, height: int) -> list[list[float]]:
+    """A pinhole guess for an uncalibrated camera: f = 1.2 max(W, H), principal point at the image centre.
+
+    ``ingest`` (driving videos) and ``prepare`` (an actor without a calibration file) both start from it.
+    """
+    focal = FOCAL_PRIOR * max(width, height)
+    return [[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]]
 
 
 def broadcast_batch(b: int, c: int, what: str = "points") -> int:

@@ -456,6 +456,7 @@ def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Pat
 def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str | None, out: Path) -> list[Path]:
     """Cross-identity scores (:func:`evaluation.score_cross_identity`) of every run row and its baselines, added
     to the rows as ``xid_relative_error``; writes cross_identity.md and its per-shape heat map."""
+    from avatar_lightning.cache.layout import latent_source
     from avatar_lightning.cache.store import CaptureCache
     from avatar_lightning.evaluation import (
         MEAN_LABEL,
@@ -464,8 +465,8 @@ def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str |
         load_runs,
         score_cross_identity,
     )
+    from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.scoring import blend_decoder
-    from avatar_lightning.stages.encode import latent_source, load_head_vae
     from avatar_lightning.stages.evaluate import cross_identity_heat_map, cross_identity_markdown
 
     run_rows = [r for r in rows if r.kind == "run"]

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from avatar_lightning.cache.layout import feature_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
-from avatar_lightning.features.extract import RELATIVE_CHOICES, feature_array
+from avatar_lightning.features.extract import RELATIVE_CHOICES
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # Offline everywhere; DECA needs the user's weights.
@@ -150,7 +151,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
              identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
              features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = ()) -> Path:
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
-    from avatar_lightning.avatar import export_avatar, load_avatar
+    from avatar_lightning.avatar.folder import export_avatar, load_avatar
     from avatar_lightning.stages.animate import animate_video
     from avatar_lightning.stages.encode import encode_cache, load_head_vae, record_latent_source
     from avatar_lightning.stages.evaluate import run_evaluation

@@ -138,11 +138,12 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
                    synthetic_drivers: Sequence[str | Path] = (), drivers: Sequence[str | Path] = (),
                    work: Path | None = None, lpips_backbone: str | None = None) -> Evaluation:
     """The command's work, callable from the demo: evaluate, score real drivers, write the report."""
+    from avatar_lightning.cache.layout import latent_source
     from avatar_lightning.checkpoints import load_model
     from avatar_lightning.evaluation import evaluate, find_runs, make_synthetic_drivers, require_truth
+    from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.models.rerender import Rerenderer
     from avatar_lightning.nets.perceptual import load_lpips
-    from avatar_lightning.stages.encode import latent_source, load_head_vae
 
     cache = CaptureCache(cache_dir)
     run_dirs = find_runs(runs)

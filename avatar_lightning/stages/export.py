@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from avatar_lightning.avatar import export_avatar, load_avatar
+from avatar_lightning.avatar.folder import export_avatar, load_avatar
 from avatar_lightning.cache.store import CaptureCache
 
 

@@ -9,14 +9,13 @@ Layout (``avatar.json`` lists every piece; ``python -m avatar_lightning export``
     template.npz            the head template: vertices, triangles, uvs, uv_triangles, blend_basis
     clean_plates/<cam>.png  each capture camera's empty background
 
-The folder is written under a temporary name and renamed, so a failed export never leaves a folder that looks
-complete.
+The folder is built in a hidden sibling and renamed into place (``cache.files.staged_folder``), so a failed
+export never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,11 @@ import cv2
 import numpy as np
 import torch
 
+from avatar_lightning.cache.files import staged_folder
+from avatar_lightning.cache.layout import POSE, clean_plate_array
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import mesh_from_arrays, template_arrays
 from avatar_lightning.checkpoints import checkpoint_entry, load_model, weights_fingerprint
 from avatar_lightning.errors import CacheError
 from avatar_lightning.render import Mesh
@@ -37,7 +39,6 @@ VERSION = 1
 MANIFEST = "avatar.json"
 CHECKPOINTS = {"head_vae": "head_vae.ckpt", "rerender": "rerender.ckpt", "animator": "animator.ckpt"}
 TEMPLATE = "template.npz"
-TEMPLATE_ARRAYS = ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis")
 EXPORT_HINT = "write a complete one with `python -m avatar_lightning export`"
 
 
@@ -126,20 +127,9 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
         raise CacheError(f"the animator predicts {models['animator'].hparams.latent_dim}-d latents but the head VAE "
                          f"takes {models['head_vae'].hparams.latent_dim}: they were not trained together")
     _check_head_vae_encoded_the_latents(cache, models["head_vae"], sources["head_vae"], sources["animator"])
-    staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "clean_plates").mkdir(parents=True)
-    for kind, path in sources.items():
-        shutil.copyfile(path, staging / CHECKPOINTS[kind])
-    template = {name: cache.read(f"template/{name}") for name in TEMPLATE_ARRAYS if cache.has(f"template/{name}")}
-    np.savez(staging / TEMPLATE, **template)
-    plates = {}
-    for record in cache.cameras:
-        plate = cache.read(f"cameras/{record.name}/clean_plate")
-        plates[record.name] = f"clean_plates/{record.name}.png"
-        cv2.imwrite(str(staging / plates[record.name]), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
-    pose = cache.read("tracking/pose")
+    pose = cache.read(POSE)
     train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
+    plates = {record.name: f"clean_plates/{record.name}.png" for record in cache.cameras}
     info = {
         "format": FORMAT,
         "version": VERSION,
@@ -151,10 +141,15 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
                     for c in cache.cameras],
         "files": {**CHECKPOINTS, "template": TEMPLATE, "clean_plates": plates},
     }
-    (staging / MANIFEST).write_text(json.dumps(info, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with staged_folder(out, "export") as staging:
+        (staging / "clean_plates").mkdir()
+        for kind, path in sources.items():
+            shutil.copyfile(path, staging / CHECKPOINTS[kind])
+        np.savez(staging / TEMPLATE, **template_arrays(cache))
+        for record in cache.cameras:
+            plate = cache.read(clean_plate_array(record.name))
+            cv2.imwrite(str(staging / plates[record.name]), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
+        (staging / MANIFEST).write_text(json.dumps(info, indent=1))
     return out
 
 
@@ -193,9 +188,7 @@ def load_avatar(root: str | Path) -> Avatar:
         raise CacheError(f"avatar {root} is incomplete: missing {', '.join(missing)}; {EXPORT_HINT}")
     models = {kind: _load_checkpoint(kind, root / files[kind]) for kind in CHECKPOINTS}
     with np.load(root / files["template"]) as template:
-        arrays = {k: torch.from_numpy(template[k]) for k in template.files}
-    mesh = Mesh(vertices=arrays["vertices"], triangles=arrays["triangles"], uvs=arrays["uvs"],
-                uv_triangles=arrays.get("uv_triangles"), blend_basis=arrays["blend_basis"])
+        mesh = mesh_from_arrays({k: template[k] for k in template.files})
     plates = {name: cv2.cvtColor(cv2.imread(str(root / path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
               for name, path in files["clean_plates"].items()}
     cameras = [CameraRecord(**c) for c in info["cameras"]]

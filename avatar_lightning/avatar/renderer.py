@@ -1,0 +1,101 @@
+"""Latents z -> the avatar's composited frames: head VAE decoder -> posed mesh -> rasteriser -> U-Net -> eq. 1.
+
+One :class:`AvatarRenderer` serves ``animate`` (a driving video's latents) and ``evaluate`` (held-out latents
+posed by the capture's tracked pose), so both render the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from scipy.spatial.transform import Rotation
+from torch import Tensor
+
+from avatar_lightning.avatar.folder import Avatar
+from avatar_lightning.avatar.precision import autocast, resolve_precision
+from avatar_lightning.avatar.runtime import make_runner
+from avatar_lightning.cache.manifest import CameraRecord
+from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
+from avatar_lightning.render.compose import compose
+
+ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
+ORBIT_SECONDS = 4.0  # one swing left and back
+
+
+def orbit_cameras(record: CameraRecord, centre: Tensor, frames: Sequence[int], fps: float) -> Cameras:
+    """Novel views swinging about the head's vertical axis, at the capture camera's distance and focal length."""
+    R, t = torch.tensor(record.R, dtype=torch.float32), torch.tensor(record.t, dtype=torch.float32)
+    eye0 = -(R.T @ t) - centre
+    angles = torch.tensor([math.radians(ORBIT_DEGREES) * math.sin(2 * math.pi * f / (ORBIT_SECONDS * fps))
+                           for f in frames])
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    eyes = torch.stack([cos * eye0[0] + sin * eye0[2], eye0[1].expand_as(cos), -sin * eye0[0] + cos * eye0[2]], 1)
+    return Cameras.look_at(eyes + centre, centre, width=record.width, height=record.height, focal=record.K[0][0])
+
+
+class AvatarRenderer:
+    """Latents ``z (B, Z)`` -> composited frames ``(B, H, W, 3) uint8`` from one capture camera or an orbit."""
+
+    def __init__(self, avatar: Avatar, camera: str | None = None, orbit: bool = False,
+                 background: np.ndarray | None = None, fps: float = 25.0, device: torch.device | None = None,
+                 precision: str = "32", backend: str = "torch") -> None:
+        self.avatar, self.orbit, self.fps = avatar, orbit, fps
+        self.device = device or torch.device("cpu")
+        # float32 unless asked: scores (evaluate) stay comparable; `animate` asks for `auto` (bf16 where native)
+        self.precision = resolve_precision(precision, self.device, backend)
+        # The two image networks through the chosen inference backend (avatar_lightning.avatar.runtime); torch: eager.
+        self.decode = make_runner(avatar.head_vae.vae.decoder, backend)
+        self.unet = make_runner(avatar.rerenderer.unet, backend)
+        self.record = avatar.camera(camera)
+        self.pose = torch.tensor(avatar.info["default_pose"], dtype=torch.float32, device=self.device)
+        size = (self.record.height, self.record.width)
+        if background is not None:
+            plate = cv2.resize(background, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        elif orbit:  # a capture camera's plate does not match a novel view: a neutral backdrop
+            plate = np.full((*size, 3), 128, dtype=np.uint8)
+        else:
+            plate = avatar.plates[self.record.name]
+        self.plate = torch.from_numpy(np.ascontiguousarray(plate)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        self.settings = RasterSettings()
+        self.rasterizer = get_rasterizer(self.settings.backend, self.device)
+        self.camera = Cameras.from_dict(self.record).to(self.device)
+
+    def driven_pose(self, rotations: np.ndarray) -> Tensor:
+        """Poses ``(B, 6)``: the driving head's rotations ``(B, 3, 3)`` (camera coordinates, relative to its first
+        frame) turned into world rotations as seen from this renderer's capture camera, applied on top of the
+        avatar's default pose; the translation stays the default's."""
+        camera = np.asarray(self.record.R, dtype=np.float64)
+        world = np.einsum("ji,bjk,kl->bil", camera, rotations, camera)  # R_c^T R R_c
+        default = Rotation.from_rotvec(self.pose[:3].cpu().double().numpy())
+        rotvec = (Rotation.from_matrix(world) * default).as_rotvec()
+        translation = np.broadcast_to(self.pose[3:].cpu().numpy(), (len(rotations), 3))
+        return torch.from_numpy(np.concatenate([rotvec, translation], axis=1)).float().to(self.device)
+
+    @torch.no_grad()
+    def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
+               blend_weights: Tensor | None = None, poses: Tensor | None = None) -> np.ndarray:
+        """Composited frames of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g. the capture's tracked
+        poses when scoring held-out frames), else by ``rotations`` (the driving head's, ``(B, 3, 3)``), else fixed."""
+        with autocast(self.precision, self.device):
+            texture, blend = self.decode(z.to(self.device))
+        texture, blend = texture.float(), blend.float()
+        if blend_weights is not None:  # --expression retarget: the driver's own weights shape the mesh
+            blend = blend_weights.to(self.device, blend.dtype)
+        if poses is not None:
+            pose = poses.to(self.device, blend.dtype)
+        else:
+            pose = self.pose.expand(len(z), 6) if rotations is None else self.driven_pose(rotations)
+        vertices = self.avatar.mesh.deform(blend, pose)
+        cameras = (orbit_cameras(self.record, pose[0, 3:].cpu(), frames, self.fps).to(self.device)
+                   if self.orbit else self.camera)
+        i_orig, coverage = render_textured(self.avatar.mesh, vertices, texture.permute(0, 2, 3, 1), cameras,
+                                           self.settings, self.rasterizer)
+        i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
+        with autocast(self.precision, self.device):
+            raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
+        image = compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
+        return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
