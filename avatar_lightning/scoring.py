@@ -12,6 +12,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+# The baselines every learned animator must beat, by the key ``scores.json`` files them under.
+BASELINES = {"mean": "predict the training mean", "nearest_neighbour": "nearest neighbour"}
+
+
+def baseline_label(key: str, features: str | None = None) -> str:
+    """A baseline's name in ``scores.json`` and tables: what it does, and the features it reads (the mean reads
+    none, so its label never names them)."""
+    text = BASELINES[key]
+    return text if key == "mean" or features is None else f"{text} ({features})"
+
 
 def second_difference_magnitude(sequence: np.ndarray) -> float:
     """Mean ``|y[t+1] - 2 y[t] + y[t-1]|`` over frames and channels: temporal jitter of one ``(L, C)`` sequence."""

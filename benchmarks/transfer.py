@@ -37,7 +37,7 @@ def geometry_measures(avatar: Any, cache_dir: Path) -> np.ndarray:
     from avatar_lightning.avatar.animate import stream_latents
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.cache.layout import feature_array
-    from avatar_lightning.transfer_score import mesh_measures
+    from avatar_lightning.evaluation.transfer_score import mesh_measures
 
     features = CaptureCache(cache_dir).array(feature_array(avatar.features))
     parts = []
@@ -62,7 +62,7 @@ def main() -> int:
     from avatar_lightning.avatar import load_avatar
     from avatar_lightning.avatar.animate import animate_cache
     from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.transfer_score import score_measures, track_video, write_report
+    from avatar_lightning.evaluation.transfer_score import score_measures, track_video, write_report
 
     clips = [Path(c) for c in args.clips] if args.clips else sorted(DRIVING.glob("*.mp4"))
     if not clips:
@@ -70,7 +70,7 @@ def main() -> int:
         return 1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from avatar_lightning.transfer_grid import DrivingClips
+    from avatar_lightning.evaluation.transfer_grid import DrivingClips
 
     driving = DrivingClips(clips, work)  # ingested once, features kept between avatars and runs
     drivers = {clip: driving.tracked(clip) for clip in clips}
@@ -85,8 +85,8 @@ def main() -> int:
             row: dict[str, Any] = {}
             if args.expression == "retarget":
                 from avatar_lightning.cache.layout import feature_array
+                from avatar_lightning.evaluation.transfer_score import mesh_measures
                 from avatar_lightning.features.run import extract_features
-                from avatar_lightning.transfer_score import mesh_measures
 
                 if not CaptureCache(cache_dir).has(feature_array("tracked_blend")):
                     extract_features(cache_dir, "tracked_blend", progress=False)

@@ -8,7 +8,7 @@ features are re-extracted that way, and the demo's six animator cells (MLP / CNN
 trained with the demo's schedule (``--steps``) against the latents already in the cache (the head VAE that
 ``encode`` recorded, so every variant decodes through the same head). Then ``compare --drivers`` scores every
 cell on the real driving clips of ``../shared/data/driving`` (geometry: FaceMesh on the driver vs the decoded
-mesh, :mod:`avatar_lightning.transfer_grid`) beside its held-out latent MSE. Prints one table, writes JSON.
+mesh, :mod:`avatar_lightning.evaluation.transfer_grid`) beside its held-out latent MSE. Prints one table, writes JSON.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def main() -> int:
 
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.cache.template import load_template
-    from avatar_lightning.transfer_grid import DrivingClips
-    from avatar_lightning.transfer_score import mesh_measures, score_measures
+    from avatar_lightning.evaluation.transfer_grid import DrivingClips
+    from avatar_lightning.evaluation.transfer_score import mesh_measures, score_measures
 
     clips = DrivingClips(sorted(DRIVING.glob("*.mp4")), args.work)
     if not clips.videos:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from avatar_lightning.cache import CaptureCache
-from avatar_lightning.evaluation import MEAN_LABEL, STANDARD_DRIVERS
+from avatar_lightning.evaluation.candidates import MEAN_LABEL
+from avatar_lightning.evaluation.cross_identity import STANDARD_DRIVERS
 from avatar_lightning.video import count_frames, write_video
 from tests.conftest import REPO_ROOT
 from tests.features_fixtures import moving_face_frames

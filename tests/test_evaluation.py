@@ -13,16 +13,10 @@ import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main as cli_main
-from avatar_lightning.evaluation import (
-    MEAN_LABEL,
-    REFERENCE_LABEL,
-    STANDARD_DRIVERS,
-    Candidate,
-    ImageScorer,
-    Scores,
-    _face_boxes,
-    choose,
-)
+from avatar_lightning.evaluation.candidates import MEAN_LABEL, REFERENCE_LABEL, Candidate, Scores
+from avatar_lightning.evaluation.cross_identity import STANDARD_DRIVERS
+from avatar_lightning.evaluation.evaluate import choose
+from avatar_lightning.evaluation.images import ImageScorer, _face_boxes
 from avatar_lightning.scoring import cross_identity_scores
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.performance import DRIVER_STYLES, PerformanceStyle, generate_performance
@@ -95,7 +89,7 @@ def _scores(label: str, val: float, test: float, kind: str = "run") -> Scores:
 
 
 def test_a_head_vae_whose_latents_say_nothing_is_named() -> None:
-    from avatar_lightning.evaluation import _head_vae_check
+    from avatar_lightning.evaluation.evaluate import _head_vae_check
 
     def scores(reference: float, mean: float) -> list[Scores]:
         return [Scores(Candidate(REFERENCE_LABEL, "reference", "-", None), {"blend_mse": reference}),
@@ -290,7 +284,7 @@ def test_compare_adds_cross_identity_of_synthetic_drivers(trained: dict[str, Pat
 
 
 def test_the_standard_drivers_are_made_once_and_reused(tmp_path: Path) -> None:
-    from avatar_lightning.evaluation import make_synthetic_drivers
+    from avatar_lightning.evaluation.cross_identity import make_synthetic_drivers
 
     first = make_synthetic_drivers("tiny", tmp_path)
     assert [p.name for p in first] == [f"identity{i}_{s}" for i, s in STANDARD_DRIVERS]

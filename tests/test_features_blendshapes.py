@@ -32,8 +32,8 @@ def test_a_foreign_or_missing_model_is_refused(tmp_path: Path) -> None:
 
 def test_scores_follow_a_real_face(extractor_available: None, shared_dir: Path) -> None:
     """On a real driving clip: jawOpen moves with FaceMesh's mouth opening, blinks with the eye opening."""
-    from avatar_lightning.expression_measures import MEASURES
-    from avatar_lightning.transfer_score import track_video
+    from avatar_lightning.evaluation.expression_measures import MEASURES
+    from avatar_lightning.evaluation.transfer_score import track_video
     from avatar_lightning.video import iter_frames
 
     clip = shared_dir / "data" / "driving" / "d10.mp4"

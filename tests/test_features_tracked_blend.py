@@ -62,7 +62,7 @@ def test_features_stage_on_a_real_clip(shared_dir: Path, tmp_path: Path) -> None
     """On real talking frames: the weights, put on the synthetic actor's face, move it as FaceMesh saw the driver."""
     from avatar_lightning.cache import CaptureCache
     from avatar_lightning.cli import main
-    from avatar_lightning.expression_measures import CORE_MEASURES, measures_of_landmarks
+    from avatar_lightning.evaluation.expression_measures import CORE_MEASURES, measures_of_landmarks
     from avatar_lightning.features.mediapipe_landmarks import track_landmarks
     from avatar_lightning.video import iter_frames
     from tests.features_fixtures import frames_cache
@@ -76,10 +76,10 @@ def test_features_stage_on_a_real_clip(shared_dir: Path, tmp_path: Path) -> None
     assert cache.manifest.meta["features"]["tracked_blend"]["fit"]["frames_in_neutral"] > 0
     import torch
 
+    from avatar_lightning.evaluation.transfer_score import mesh_measures, score_measures
     from avatar_lightning.render.mesh import Mesh
     from avatar_lightning.synth.blendshapes import build_blend_basis
     from avatar_lightning.synth.face import astronaut_photo, build_face_template
-    from avatar_lightning.transfer_score import mesh_measures, score_measures
 
     template = build_face_template(astronaut_photo())
     mesh = Mesh(torch.from_numpy(template.vertices).float(), torch.from_numpy(template.triangles),

@@ -11,8 +11,8 @@ import torch
 
 from avatar_lightning.cache import CacheError
 from avatar_lightning.cli import main as cli_main
-from avatar_lightning.expression_measures import MEASURES, expression_measures, measures_of_landmarks
-from avatar_lightning.transfer_score import mesh_measures, score_measures
+from avatar_lightning.evaluation.expression_measures import MEASURES, expression_measures, measures_of_landmarks
+from avatar_lightning.evaluation.transfer_score import mesh_measures, score_measures
 from avatar_lightning.video import iter_frames, write_video
 
 M = {name: i for i, name in enumerate(MEASURES)}
@@ -193,13 +193,13 @@ def test_score_transfer_refuses_bad_input(driving_clip: Path, tmp_path: Path,
         assert code != 0 and message in err, (label, err)
         assert "Traceback" not in err and not (tmp_path / f"{label}.json").exists()
     with pytest.raises(CacheError):
-        from avatar_lightning.transfer_score import score_videos
+        from avatar_lightning.evaluation.transfer_score import score_videos
 
         score_videos(str(tmp_path / "nope.mp4"), str(driving_clip))
 
 
 def test_grid_scoring_names_missing_drivers(tmp_path: Path) -> None:
-    from avatar_lightning.transfer_grid import DrivingClips
+    from avatar_lightning.evaluation.transfer_grid import DrivingClips
 
     with pytest.raises(CacheError, match="driving video.*not found.*nope.mp4"):
         DrivingClips([tmp_path / "nope.mp4"], tmp_path / "work")

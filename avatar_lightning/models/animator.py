@@ -23,7 +23,14 @@ from avatar_lightning.cache.files import atomic_write_text
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
 from avatar_lightning.nets.animator import BACKBONES, AnimatorNet, Backbone
-from avatar_lightning.scoring import blend_decoder, mean_baseline, nearest_neighbour_baseline, score_sequences
+from avatar_lightning.scoring import (
+    BASELINES,
+    baseline_label,
+    blend_decoder,
+    mean_baseline,
+    nearest_neighbour_baseline,
+    score_sequences,
+)
 
 BLEND_WEIGHTS = "tracking/blend_weights"
 
@@ -298,8 +305,7 @@ class Animator(pl.LightningModule):
 
     def _write_scores(self, scored: dict[str, dict], outputs: list[dict], reference: dict, note: str | None) -> None:
         h = self.hparams
-        baseline_labels = {"mean": "predict the training mean",
-                           "nearest_neighbour": f"nearest neighbour ({h.features})"}
+        baseline_labels = {key: baseline_label(key, h.features) for key in BASELINES}
         run_dir = self._scores_dir()
         report = {
             "label": self.label,

@@ -83,7 +83,7 @@ def main(argv: Sequence[str]) -> int:
           f"({report.frames_per_second:.1f} frames/s on {device.type}, {args.backend}, precision {precision})"
           f"{faceless}")
     if args.score:
-        from avatar_lightning.transfer_score import markdown_table, score_videos, write_report
+        from avatar_lightning.evaluation.transfer_score import markdown_table, score_videos, write_report
 
         score, driver, rendered = score_videos(args.driving, report.avatar_spec)
         json_path, png_path = write_report(score, driver, rendered, Path(args.out).with_suffix(".transfer"),

@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from avatar_lightning.cache.layout import feature_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
@@ -79,26 +77,11 @@ class Steps:
 
 def _score_transfer(driving: Path, animation: Any, out: Path) -> Any:
     """score-transfer of an ``animate`` result (the avatar half of its side-by-side video) against its driver."""
-    from avatar_lightning.transfer_score import score_videos, write_report
+    from avatar_lightning.evaluation.transfer_score import score_videos, write_report
 
     score, driver, avatar = score_videos(str(driving), animation.avatar_spec)
     write_report(score, driver, avatar, out, title=f"{driving.name} -> the exported avatar")
     return score
-
-
-def _transfer_markdown(scores: dict[str, Any]) -> str:
-    """One row per driving video: the full chain's transfer score (FaceMesh on the driver vs the avatar video)."""
-    from avatar_lightning.expression_measures import MEASURES
-
-    lines = ["The exported avatar's video against its driver (`score-transfer`: FaceMesh on both, Pearson per "
-             "measure after standardising each video's series; higher is better).", "",
-             "| driver | mean | " + " | ".join(MEASURES) + " | jitter ratio | frames with a face |",
-             "|---|---|" + "---|" * (len(MEASURES) + 2)]
-    for name, score in scores.items():
-        cells = ["n/a" if score.measures[m].pearson is None else f"{score.measures[m].pearson:.2f}" for m in MEASURES]
-        lines.append(f"| {name} | **{score.mean_pearson():.2f}** | " + " | ".join(cells)
-                     + f" | {score.jitter_ratio:.2f} | {score.face_fraction:.0%} |")
-    return "\n".join(lines) + "\n"
 
 
 def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool) -> None:
@@ -120,46 +103,23 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
 # Test frames rendered per camera and candidate for the image metrics: 20 x 3 cameras x 9 candidates keeps the
 # demo's evaluation near a minute on a 2-core CPU (`evaluate` itself defaults to 50).
 DEMO_IMAGE_FRAMES = 20
-DRIVER_FACE_SAMPLES = 8  # frames of each --drivers video FaceMesh looks at before the demo trains anything
-
-
-def check_drivers(drivers: Sequence[str | Path]) -> None:
-    """Refuse a missing, broken, too short or faceless driving video now, not after minutes of training.
-
-    Each file is decoded end to end (corrupt and truncated files are named) and FaceMesh looks at a few frames
-    spread over it; a driver in which none shows a face could not be animated or scored.
-    """
-    from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker
-    from avatar_lightning.transfer_score import MIN_FRAMES
-    from avatar_lightning.video import count_frames, iter_frames
-
-    for clip in drivers:
-        frames = count_frames(clip)
-        if frames < MIN_FRAMES:
-            raise CacheError(f"--drivers {clip} has {frames} frame(s); scoring a driver needs at least {MIN_FRAMES}")
-        picks = set(np.linspace(0, frames - 1, min(DRIVER_FACE_SAMPLES, frames)).round().astype(int).tolist())
-        tracker = FaceMeshTracker(static=True)
-        try:
-            if not any(tracker(image) is not None for i, image in enumerate(iter_frames(clip)) if i in picks):
-                raise CacheError(f"--drivers {clip}: FaceMesh found no face in {len(picks)} frames spread over "
-                                 "the video; a driver must show a face")
-        finally:
-            tracker.close()
 
 
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
              identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
              features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = ()) -> Path:
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
+    from avatar_lightning.avatar.animate import animate_video
     from avatar_lightning.avatar.folder import export_avatar, load_avatar
-    from avatar_lightning.stages.animate import animate_video
-    from avatar_lightning.stages.encode import encode_cache, load_head_vae, record_latent_source
-    from avatar_lightning.stages.evaluate import run_evaluation
-    from avatar_lightning.stages.features import extract_features
-    from avatar_lightning.stages.render_mesh import render_cache
+    from avatar_lightning.avatar.latents import encode_cache, record_latent_source
+    from avatar_lightning.avatar.mesh_renders import render_cache
+    from avatar_lightning.evaluation.run import run_evaluation
+    from avatar_lightning.evaluation.transfer_score import check_driving_videos, videos_markdown
+    from avatar_lightning.features.run import extract_features
+    from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.synth.generate import generate
 
-    check_drivers(drivers)
+    check_driving_videos(drivers)
     out = out.resolve()
     actor_dir, runs, report = out / "actor", out / "runs", out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -226,7 +186,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
             clip, avatar, clip_video, work=out / "drivers" / f"animate_{clip.stem}", with_driving=True))
         transfers[clip.name] = step(f"transfer score ({clip.name})", lambda clip=clip, driven=driven: _score_transfer(
             clip, driven, report / f"transfer_{clip.stem}"))
-    (report / "transfer.md").write_text(_transfer_markdown(transfers))
+    (report / "transfer.md").write_text(videos_markdown(transfers))
     images = report / "images"
     images.mkdir(exist_ok=True)
     for name, folder in (("head_vae", runs / "head_vae"), ("rerender", runs / "rerender")):
@@ -243,7 +203,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
 
 def _write_readme(report: Path, timings: dict[str, float], total: float, animation: Any, evaluation: Any,
                   actor: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int) -> None:
-    from avatar_lightning.evaluation import SELECTION_RULE
+    from avatar_lightning.evaluation.evaluate import SELECTION_RULE
 
     table = (report / "scores.md").read_text() if (report / "scores.md").is_file() else ""
     cross = (report / "cross_identity.md").read_text() if (report / "cross_identity.md").is_file() else ""

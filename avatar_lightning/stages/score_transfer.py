@@ -1,6 +1,6 @@
 """``python -m avatar_lightning score-transfer``: driver vs avatar expression, measured on both videos' pixels.
 
-See :mod:`avatar_lightning.transfer_score` for what is measured and why it cannot be fooled by a frozen or
+See :mod:`avatar_lightning.evaluation.transfer_score` for what is measured and why it cannot be fooled by a frozen or
 delayed avatar. Writes ``<out>.json`` and ``<out>.png`` and prints a per-measure table.
 """
 
@@ -10,8 +10,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from avatar_lightning.evaluation.transfer_score import markdown_table, score_videos, write_report
 from avatar_lightning.progress import PhaseProgress
-from avatar_lightning.transfer_score import markdown_table, score_videos, write_report
 
 
 def main(argv: Sequence[str]) -> int:

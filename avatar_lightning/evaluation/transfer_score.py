@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,17 @@ from typing import Any
 import numpy as np
 
 from avatar_lightning.errors import CacheError
-from avatar_lightning.expression_measures import CORE_MEASURES, MEASURES, expression_measures, measures_of_landmarks
+from avatar_lightning.evaluation.expression_measures import (
+    CORE_MEASURES,
+    MEASURES,
+    expression_measures,
+    measures_of_landmarks,
+)
+from avatar_lightning.video import count_frames, iter_frames
 
 MAX_LAG_SECONDS = 0.5
 MIN_FRAMES = 8  # fewer common frames with a face than this cannot give a correlation worth reporting
+DRIVER_FACE_SAMPLES = 8  # frames of each driving video FaceMesh looks at before the demo trains anything
 CONSTANT_STD = 1e-9  # a series whose standard deviation is below this (relative to its mean) is constant
 
 
@@ -295,3 +302,38 @@ def mesh_measures(mesh: Any, blend_weights: Any) -> np.ndarray:
     with torch.no_grad():
         vertices = mesh.deform(torch.as_tensor(blend_weights, dtype=torch.float32)).cpu().numpy()
     return expression_measures(vertices)
+
+
+def videos_markdown(scores: Mapping[str, TransferScore]) -> str:
+    """One row per driving video: the full chain's transfer score (FaceMesh on the driver vs the avatar video)."""
+    lines = ["The exported avatar's video against its driver (`score-transfer`: FaceMesh on both, Pearson per "
+             "measure after standardising each video's series; higher is better).", "",
+             "| driver | mean | " + " | ".join(MEASURES) + " | jitter ratio | frames with a face |",
+             "|---|---|" + "---|" * (len(MEASURES) + 2)]
+    for name, score in scores.items():
+        cells = ["n/a" if score.measures[m].pearson is None else f"{score.measures[m].pearson:.2f}" for m in MEASURES]
+        lines.append(f"| {name} | **{score.mean_pearson():.2f}** | " + " | ".join(cells)
+                     + f" | {score.jitter_ratio:.2f} | {score.face_fraction:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def check_driving_videos(drivers: Sequence[str | Path]) -> None:
+    """Refuse a missing, broken, too short or faceless driving video now, not after minutes of training.
+
+    Each file is decoded end to end (corrupt and truncated files are named) and FaceMesh looks at a few frames
+    spread over it; a driver in which none shows a face could not be animated or scored.
+    """
+    from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker
+
+    for clip in drivers:
+        frames = count_frames(clip)
+        if frames < MIN_FRAMES:
+            raise CacheError(f"--drivers {clip} has {frames} frame(s); scoring a driver needs at least {MIN_FRAMES}")
+        picks = set(np.linspace(0, frames - 1, min(DRIVER_FACE_SAMPLES, frames)).round().astype(int).tolist())
+        tracker = FaceMeshTracker(static=True)
+        try:
+            if not any(tracker(image) is not None for i, image in enumerate(iter_frames(clip)) if i in picks):
+                raise CacheError(f"--drivers {clip}: FaceMesh found no face in {len(picks)} frames spread over "
+                                 "the video; a driver must show a face")
+        finally:
+            tracker.close()

@@ -13,6 +13,7 @@ Driving caches (frames + features) are kept in a work folder and reused between 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from avatar_lightning.cache.layout import feature_array
+from avatar_lightning.cache.files import atomic_write_text
+from avatar_lightning.cache.layout import feature_array, latent_source
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
+from avatar_lightning.capture.ingest import ingest_video
 from avatar_lightning.checkpoints import load_model
 from avatar_lightning.errors import CacheError
-from avatar_lightning.transfer_score import TransferScore, VideoLandmarks, mesh_measures, score_measures, track_video
+from avatar_lightning.evaluation.candidates import run_cache
+from avatar_lightning.evaluation.plots import pyplot, save_figure
+from avatar_lightning.evaluation.tables import format_number
+from avatar_lightning.evaluation.transfer_score import (
+    TransferScore,
+    VideoLandmarks,
+    mesh_measures,
+    score_measures,
+    track_video,
+)
+from avatar_lightning.features.run import extract_features, options_from_record
+from avatar_lightning.models.head_vae import load_head_vae
 
 
 @dataclass
@@ -71,9 +85,6 @@ class DrivingClips:
     def cache(self, video: Path, extractor: str, output: str, relative: str,
               options: dict[str, Any] | None = None) -> CaptureCache:
         """``video`` ingested with ``features/<output>`` as ``extractor`` with ``relative`` makes them (kept)."""
-        from avatar_lightning.capture.ingest import ingest_video
-        from avatar_lightning.features.run import extract_features
-
         folder = self.work / f"{video.stem}.{extractor}.{relative}"
         if not (folder / "manifest.json").is_file():
             ingest_video(video, folder, overwrite=True)
@@ -90,9 +101,6 @@ class DrivingClips:
 
 def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae: Any, mesh: Any) -> RunTransfer:
     """One animator run (its ``checkpoints/last.ckpt``) driven by every clip."""
-    import json
-
-    from avatar_lightning.features.run import options_from_record
     from avatar_lightning.models.animator import Animator
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -121,9 +129,6 @@ def score_run(run_dir: Path, actor: CaptureCache, clips: DrivingClips, head_vae:
 def score_grid(run_dirs: Sequence[Path], actor: CaptureCache, videos: Sequence[str | Path], work: str | Path,
                latents: str = "head_vae") -> list[RunTransfer]:
     """Every run driven by every video; the head VAE is the one recorded for ``latents/<latents>``."""
-    from avatar_lightning.cache.layout import latent_source
-    from avatar_lightning.models.head_vae import load_head_vae
-
     source = latent_source(actor, latents)
     if source is None:
         raise CacheError(f"{actor.root}: no head VAE recorded for latents/{latents}; run `python -m avatar_lightning "
@@ -155,3 +160,45 @@ def markdown(results: Sequence[RunTransfer]) -> str:
 def to_json(results: Sequence[RunTransfer]) -> dict[str, Any]:
     return {r.label: {"run_dir": str(r.run_dir), "features": r.features, "metrics": r.metrics(),
                       "clips": {clip: s.to_json() for clip, s in r.scores.items()}} for r in results}
+
+
+def transfer_results(runs: Sequence[Path], drivers: Sequence[str | Path], cache: str | None,
+                     work: Path) -> list[Any]:
+    """Every run's transfer on ``drivers`` (:func:`score_grid`), grouped by the cache each trained on."""
+    by_cache: dict[str, list[Path]] = {}
+    for run in runs:
+        by_cache.setdefault(str(cache) if cache else run_cache(run), []).append(run)
+    results = []
+    for cache_dir, group in by_cache.items():
+        results += score_grid(group, CaptureCache(cache_dir), drivers, work)
+    return results
+
+
+def write_transfer_outputs(results: Sequence[Any], drivers: Sequence[str | Path], out: Path) -> list[Path]:
+    """transfer_grid.md, .json and .png of :func:`transfer_results`."""
+    table = markdown(results)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "transfer_grid.md", out / "transfer_grid.json", out / "transfer_grid.png"]
+    atomic_write_text(written[0], table)
+    atomic_write_text(written[1], json.dumps(to_json(results), indent=1))
+    plt = pyplot()
+    ordered = sorted(results, key=lambda r: -r.metrics()["transfer_r"])
+    figure, axes = plt.subplots(figsize=(8, max(2.0, 0.4 * len(ordered) + 1.0)))
+    values = [r.metrics()["transfer_r"] for r in ordered]
+    bars = axes.barh(range(len(ordered)), values, color="C0")
+    axes.set_yticks(range(len(ordered)), [r.label for r in ordered])
+    axes.invert_yaxis()
+    axes.bar_label(bars, labels=[format_number(v) for v in values], padding=3, fontsize=8)
+    axes.axvline(0.8, color="k", linestyle=":", linewidth=1)
+    axes.set_xlabel(f"transfer: mean Pearson over {len(drivers)} real driver(s) (higher is better; goal 0.8)")
+    axes.margins(x=0.15)
+    save_figure(figure, written[2])
+    return written
+
+
+def write_transfer(score_files: Sequence[Path], drivers: Sequence[str], out: Path, cache: str | None,
+                   work: Path) -> list[Path]:
+    """Score every run's transfer on ``drivers``; writes transfer_grid.md, .json and .png."""
+    results = transfer_results([path.parent for path in score_files], drivers, cache, work)
+    print(markdown(results))
+    return write_transfer_outputs(results, drivers, out)
