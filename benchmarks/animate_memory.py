@@ -13,8 +13,9 @@ reclaims these under pressure, but they count in RSS). Baseline: the shortest le
 
 The driving video: a real face (``../shared/data/driving/d10.mp4``, 512^2, or ``--face``) scaled to 1080 px high,
 centred on a 1920x1080 grey frame, played forwards and backwards until the length is reached, encoded H.264. The
-avatar: the built-in synthetic actor's ``tiny`` preset with random-weight networks (memory, not quality; its
-rendering is small, so the run is dominated by decoding, FaceMesh and the cache, the parts that scale with length).
+avatar: the built-in synthetic actor's ``tiny`` preset with random-weight networks (``testing.make_avatar``; memory,
+not quality; its rendering is small, so the run is dominated by decoding, FaceMesh and the cache, the parts that
+scale with length).
 The work folder's size on disk (the ingested driving cache) is recorded too: it does grow with length.
 """
 
@@ -33,41 +34,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FACE = ROOT.parent / "shared" / "data" / "driving" / "d10.mp4"
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def build_avatar(work: Path) -> Path:
-    """Export a random-weight avatar of the tiny synthetic actor (the test suite's ``avatar_dir``, on disk)."""
-    from avatar_lightning.avatar import export_avatar
-    from avatar_lightning.cache import CaptureCache
-    from avatar_lightning.features.run import extract_features
-    from avatar_lightning.models.animator import Animator
-    from avatar_lightning.models.head_vae import HeadVAE
-    from avatar_lightning.models.rerender import Rerenderer
-    from avatar_lightning.synth.generate import generate
-
-    cache = generate(work / "actor", preset="tiny", seed=0)
-    extract_features(cache.root, "mediapipe", relative="sequence", batch_size=32, progress=False)
-    cache = CaptureCache(cache.root)
-    torch.manual_seed(0)
-    models = {
-        "vae": HeadVAE(texture_size=cache.record("tracking/textures").shape[1],
-                       num_blend_shapes=cache.record("tracking/blend_weights").shape[1], latent_dim=8, width=4,
-                       perceptual_weight=0.0, adversarial_weight=0.0),
-        "rerender": Rerenderer(depth=3, width=8, perceptual_weight=0.0),
-        "animator": Animator(features="mediapipe", hidden=16, residual_dim=4, feature_dim=1434, latent_dim=8),
-    }
-    paths = {}
-    for name, model in models.items():
-        paths[name] = work / f"{name}.ckpt"
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                    "pytorch-lightning_version": pl.__version__}, paths[name])
-    return export_avatar(cache, work / "avatar", paths["vae"], paths["rerender"], paths["animator"])
 
 
 def write_driving(face: Path, out: Path, minutes: float, width: int, height: int) -> tuple[int, float]:
@@ -150,6 +121,9 @@ def folder_mib(path: Path) -> float:
 
 
 def main() -> None:
+    from avatar_lightning.synth.generate import generate
+    from avatar_lightning.testing import make_avatar
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--size", default="1920x1080", help="driving video size WxH")
@@ -162,7 +136,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="animate-memory-") as temporary:
         work = Path(temporary)
-        avatar = build_avatar(work)
+        avatar = make_avatar(work, generate(work / "synthetic", preset="tiny", seed=0).root)
         for minutes in sorted(args.minutes):
             video = work / f"driving_{minutes:g}min.mp4"
             frames, fps = write_driving(args.face, video, minutes, width, height)

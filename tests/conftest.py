@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from avatar_lightning.cache import CaptureCache
-from tests.helpers import make_avatar, make_tiny_cache
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-AVATAR_LATENT_DIM = 8
+from avatar_lightning.testing import make_avatar, make_tiny_cache
+from tests.helpers import AVATAR_LATENT_DIM, SHARED_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -17,8 +17,8 @@ from avatar_lightning.cache import CacheError, CaptureCache
 from avatar_lightning.cli import main as cli_main
 from avatar_lightning.features.head_pose import HeadRotationTracker
 from avatar_lightning.video import count_frames, probe_video, write_video
-from tests.conftest import AVATAR_LATENT_DIM as LATENT_DIM
 from tests.features_fixtures import blank, face_image, moving_face_frames, rotate_scale
+from tests.helpers import AVATAR_LATENT_DIM as LATENT_DIM
 
 
 @pytest.fixture

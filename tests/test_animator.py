@@ -26,9 +26,9 @@ from avatar_lightning.scoring import (
     score_sequences,
     second_difference_magnitude,
 )
+from avatar_lightning.testing import make_expression_cache, save_lightning_checkpoint
 from datamodules.animator import AnimatorDataModule
-from tests.conftest import REPO_ROOT
-from tests.helpers import make_expression_cache, save_lightning_checkpoint
+from tests.helpers import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
 

@@ -92,7 +92,7 @@ def make_world(folder: Path, avatar: Path | None = None) -> World:
 
     if avatar is None:
         from avatar_lightning.synth.generate import generate
-        from tests.helpers import make_avatar
+        from avatar_lightning.testing import make_avatar
 
         synthetic = generate(folder / "synthetic", preset="tiny", seed=0, previews=False)
         avatar = make_avatar(folder / "sources", synthetic.root)

@@ -25,8 +25,8 @@ from avatar_lightning.cache import (
     SequenceRecord,
     release_pages,
 )
-from tests.conftest import REPO_ROOT
-from tests.helpers import FEATURES, LATENTS, make_tiny_cache, tiny_camera, tiny_sequences
+from avatar_lightning.testing import FEATURES, LATENTS, make_tiny_cache, tiny_camera, tiny_sequences
+from tests.helpers import REPO_ROOT
 
 
 def test_round_trip(tiny_cache: CaptureCache) -> None:

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.testing import FEATURES
 from callbacks.cache_writer import SHARDS_DIR, CacheWriter
 from datamodules import CacheDataModule, FramesDataModule
-from tests.helpers import FEATURES
 
 ARRAYS = {"double": "latents/double", "positive": "latents/double.positive", "image": "renders/toy/front"}
 

@@ -10,7 +10,7 @@ import pytest
 
 from avatar_lightning.cache import CaptureCache
 from avatar_lightning.cli import LIGHTNING_COMMANDS, STAGES, build_lightning_cli, main
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "tests" / "configs" / "window_regression.yaml")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
+from avatar_lightning.testing import FEATURES, LATENTS
 from datamodules import CacheDataModule, CacheWindowDataset, window_starts
-from tests.helpers import FEATURES, LATENTS
 
 
 def _sequence_of(frame: int, sequences: list[SequenceRecord]) -> str:

@@ -25,9 +25,9 @@ from avatar_lightning.cli import main
 from avatar_lightning.features.deca import EXPRESSION_DIM, FEATURE_SIZE
 from avatar_lightning.models.animator import Animator
 from avatar_lightning.models.head_vae import HeadVAE
-from tests.conftest import REPO_ROOT
+from avatar_lightning.testing import save_lightning_checkpoint
 from tests.features_fixtures import random_deca_checkpoint
-from tests.helpers import save_lightning_checkpoint
+from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from avatar_lightning.cache import CaptureCache
 from avatar_lightning.evaluation.candidates import MEAN_LABEL
 from avatar_lightning.evaluation.cross_identity import STANDARD_DRIVERS
 from avatar_lightning.video import count_frames, write_video
-from tests.conftest import REPO_ROOT
 from tests.features_fixtures import moving_face_frames
+from tests.helpers import REPO_ROOT
 
 
 def test_demo_runs_the_whole_chain_and_writes_a_report(synthetic_tiny: CaptureCache, tmp_path: Path) -> None:

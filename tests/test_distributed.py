@@ -37,9 +37,9 @@ from avatar_lightning.checkpoints import load_model
 from avatar_lightning.cli import main as cli_main
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.models.rerender import Rerenderer
+from avatar_lightning.testing import make_expression_cache, tiny_camera
 from datamodules.windows import ResumableShuffle
-from tests.conftest import REPO_ROOT
-from tests.helpers import make_expression_cache, tiny_camera
+from tests.helpers import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]

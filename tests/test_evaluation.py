@@ -20,7 +20,7 @@ from avatar_lightning.evaluation.images import ImageScorer, _face_boxes
 from avatar_lightning.scoring import cross_identity_scores
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.performance import DRIVER_STYLES, PerformanceStyle, generate_performance
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "experiments"
 

@@ -8,7 +8,7 @@ import pytest
 
 from avatar_lightning.cache import CaptureCache
 from avatar_lightning.cli import build_lightning_cli
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 EXPERIMENTS = sorted(p for p in (REPO_ROOT / "experiments").glob("*.yaml") if not p.stem.endswith("_tiny"))
 

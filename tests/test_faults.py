@@ -17,8 +17,8 @@ import torch
 
 from avatar_lightning.cache import CacheError, CaptureCache, SequenceRecord
 from avatar_lightning.cli import main
-from tests.conftest import REPO_ROOT
-from tests.helpers import make_tiny_cache, save_lightning_checkpoint, tiny_camera
+from avatar_lightning.testing import make_tiny_cache, save_lightning_checkpoint, tiny_camera
+from tests.helpers import REPO_ROOT
 
 WINDOW_CONFIG = str(REPO_ROOT / "tests" / "configs" / "window_regression.yaml")
 
@@ -428,7 +428,7 @@ def test_a_checkpoint_killed_while_written_leaves_the_previous_one(tmp_path: Pat
 
 
 def test_a_killed_animator_fit_resumes_exactly(tmp_path: Path) -> None:
-    from tests.helpers import make_expression_cache
+    from avatar_lightning.testing import make_expression_cache
 
     cache, _ = make_expression_cache(tmp_path / "cache")
     figures = resume_matches(ANIMATOR_FIT, cache.root, tmp_path, kill_at=35, run="expression/lstm_residual0")

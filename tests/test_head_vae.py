@@ -17,7 +17,7 @@ from avatar_lightning.models.head_vae import HeadVAE, load_head_vae
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import ALEXNET_FILE, load_lpips
 from datamodules import HeadDataModule
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:

@@ -23,7 +23,7 @@ from avatar_lightning.nets.unet import UNet
 from avatar_lightning.render import Cameras, RasterSettings, render_textured
 from avatar_lightning.render.compose import compose
 from datamodules.rerender import RerenderDataModule
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 RUN = "tracking"
 
