@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from avatar_lightning.avatar.folder import export_avatar
-from avatar_lightning.cache.layout import BLEND_WEIGHTS, TEXTURES
+from avatar_lightning.cache.layout import BLEND_WEIGHTS, TEXTURES, feature_array, latent_array, valid_array
 from avatar_lightning.cache.manifest import CameraRecord, SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.features.run import extract_features
@@ -24,8 +24,8 @@ from avatar_lightning.models.animator import Animator
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.models.rerender import Rerenderer
 
-FEATURES = "features/toy"
-LATENTS = "latents/toy"
+FEATURES = feature_array("toy")
+LATENTS = latent_array("toy")
 
 
 def tiny_sequences() -> list[SequenceRecord]:
@@ -93,9 +93,9 @@ def make_expression_cache(root: Path, seed: int = 0, feature_dim: int = 24, expr
     x[~valid] = rng.standard_normal((int((~valid).sum()), feature_dim)) * 5  # what a failed tracker leaves
     cache = CaptureCache.create(root, fps=25.0, num_frames=num_frames, sequences=sequences, cameras=[tiny_camera()],
                                 meta={"generator": "avatar_lightning.testing.make_expression_cache"})
-    cache.write_array("features/expression", x.astype(np.float32), stage="test-fixture", per_frame=True)
-    cache.write_array("features/expression.valid", valid, stage="test-fixture", per_frame=True)
-    cache.write_array("latents/head_vae", z.astype(np.float32), stage="test-fixture", per_frame=True)
+    cache.write_array(feature_array("expression"), x.astype(np.float32), stage="test-fixture", per_frame=True)
+    cache.write_array(valid_array("expression"), valid, stage="test-fixture", per_frame=True)
+    cache.write_array(latent_array("head_vae"), z.astype(np.float32), stage="test-fixture", per_frame=True)
     return cache, to_latent
 
 

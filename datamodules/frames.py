@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from avatar_lightning.cache.layout import frames_array
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
@@ -49,7 +50,7 @@ class FramesDataModule(CacheDataModule):
 
     def __init__(self, cache_dir: str, camera: str | None = None, batch_size: int = 16, num_workers: int = 0) -> None:
         self.camera = resolve_camera(CaptureCache(cache_dir), camera)
-        super().__init__(cache_dir, {"frames": f"cameras/{self.camera}/frames"}, window=1, batch_size=batch_size,
+        super().__init__(cache_dir, {"frames": frames_array(self.camera)}, window=1, batch_size=batch_size,
                          num_workers=num_workers)
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from avatar_lightning.cache.layout import BLEND_WEIGHTS, TEXTURES
 from datamodules.windows import CacheDataModule
-
-TEXTURES = "tracking/textures"
-BLEND_WEIGHTS = "tracking/blend_weights"
 
 
 class HeadDataModule(CacheDataModule):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from avatar_lightning.cache.layout import render_name
+from avatar_lightning.cache.layout import clean_plate_array, foreground_array, frames_array, render_name
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
@@ -34,11 +34,11 @@ class CameraFrames(Dataset):
                  sequences: Sequence[SequenceRecord]) -> None:
         cache = CaptureCache(root)
         arrays = {"i_orig": render_name(run, camera), "coverage": f"{render_name(run, camera)}.mask",
-                  "frame": f"cameras/{camera}/frames"}
-        if cache.has(f"truth/{camera}/foreground"):
-            arrays["foreground"] = f"truth/{camera}/foreground"
+                  "frame": frames_array(camera)}
+        if cache.has(foreground_array(camera)):
+            arrays["foreground"] = foreground_array(camera)
         self.windows = CacheWindowDataset(root, arrays, sequences, window=1)
-        self.plate = _image(torch.from_numpy(cache.read(f"cameras/{camera}/clean_plate")))  # (3, H, W)
+        self.plate = _image(torch.from_numpy(cache.read(clean_plate_array(camera))))  # (3, H, W)
         self.camera_index = camera_index
 
     def __len__(self) -> int:

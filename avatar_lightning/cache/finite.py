@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-MAY_HOLD_NAN: tuple[str, ...] = ("tracking/landmarks/*",)
+from avatar_lightning.cache.layout import landmark_array
+
+MAY_HOLD_NAN: tuple[str, ...] = (landmark_array("*"),)
 _FINITE_SCAN_BYTES = 64 << 20  # rows scanned per step: memory stays flat in the array's length
 
 

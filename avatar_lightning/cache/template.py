@@ -29,3 +29,10 @@ def template_arrays(cache: CaptureCache) -> dict[str, np.ndarray]:
 def load_template(cache: CaptureCache) -> Mesh:
     """Vertices, triangles, UVs (with UV seams if stored) and the blend-shape basis of the cache's actor."""
     return mesh_from_arrays(template_arrays(cache))
+
+
+def write_template(cache: CaptureCache, arrays: Mapping[str, np.ndarray], stage: str) -> None:
+    """Write the template arrays by name (:data:`TEMPLATE_ARRAYS`) into the cache; ``stage`` is who made them."""
+    for name in TEMPLATE_ARRAYS:
+        if name in arrays:
+            cache.write_array(template_array(name), np.asarray(arrays[name]), stage=stage)

@@ -1,1 +1,2 @@
-"""Real capture -> capture cache: sources, landmarks, calibration, template, fitting, textures, clean plates."""
+"""Real capture -> capture cache: sources, ingest, landmarks, calibration (a file or bundle adjustment), template,
+tracking, textures, clean plates."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from avatar_lightning.cache.layout import BLEND_WEIGHTS, POSE, TEXTURES, frames_array, template_array, truth_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.errors import CacheError
@@ -40,7 +41,7 @@ def export_videos(truth: CaptureCache, folder: Path, cameras: list[str] | None =
     """The synthetic capture's frames as mp4 files (H.264, CRF 18): what ``prepare`` would get from a studio."""
     folder.mkdir(parents=True, exist_ok=True)
     names = cameras or [c.name for c in truth.cameras]
-    return [write_video(folder / f"{name}.mp4", truth.array(f"cameras/{name}/frames"), truth.fps) for name in names]
+    return [write_video(folder / f"{name}.mp4", truth.array(frames_array(name)), truth.fps) for name in names]
 
 
 def rotation_errors(est_pose: np.ndarray, true_pose: np.ndarray, world: np.ndarray) -> np.ndarray:
@@ -66,17 +67,17 @@ def blend_correlations(est: np.ndarray, true: np.ndarray) -> dict[str, float | N
 
 def _resample_truth_uv(prepared: CaptureCache, truth: CaptureCache, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each texel of the prepared layout: the truth layout's uv at the same surface point, and coverage."""
-    ours, theirs = prepared.read("template/triangles"), truth.read("template/triangles")
+    ours, theirs = prepared.read(template_array("triangles")), truth.read(template_array("triangles"))
     if not np.array_equal(np.sort(ours, 1), np.sort(theirs, 1)):
         raise CacheError("the prepared and the true template do not share a triangle list; cannot compare textures")
     # Each side winds its triangles towards its own camera: put the truth's corners in our order.
     order = np.argmax(theirs[:, None, :] == ours[:, :, None], axis=2)  # (F, 3): our corner j is their corner
     rasterizer = get_rasterizer("torch", torch.device("cpu"))
-    uvs = torch.from_numpy(prepared.read("template/uvs"))
-    faces = torch.from_numpy(prepared.read("template/uv_triangles"))
+    uvs = torch.from_numpy(prepared.read(template_array("uvs")))
+    faces = torch.from_numpy(prepared.read(template_array("uv_triangles")))
     raster = rasterizer.rasterize(uv_to_clip(uvs), faces, (size, size))
-    true_uvs = torch.from_numpy(truth.read("template/uvs"))
-    true_faces = torch.from_numpy(np.take_along_axis(truth.read("template/uv_triangles"), order, 1))
+    true_uvs = torch.from_numpy(truth.read(template_array("uvs")))
+    true_faces = torch.from_numpy(np.take_along_axis(truth.read(template_array("uv_triangles")), order, 1))
     uv = rasterizer.interpolate(true_uvs, RasterOutput(raster.rast), true_faces)  # (1, T, T, 2)
     return uv, raster.triangle_id[0] >= 0
 
@@ -86,24 +87,24 @@ def texture_psnr(prepared: CaptureCache, truth: CaptureCache, frames: np.ndarray
     from avatar_lightning.capture.prepare import camera_list
     from avatar_lightning.capture.textures import fuse_cameras
 
-    size = prepared.record("tracking/textures").shape[1]
+    size = prepared.record(TEXTURES).shape[1]
     uv, covered = _resample_truth_uv(prepared, truth, size)
     rasterizer = get_rasterizer("torch", torch.device("cpu"))
     mesh = load_template(prepared)
     cams = camera_list(prepared.cameras)
     names = [c.name for c in prepared.cameras]
     with torch.no_grad():
-        verts = mesh.deform(torch.from_numpy(prepared.read("tracking/blend_weights")[frames]),
-                            torch.from_numpy(prepared.read("tracking/pose")[frames]))
-        images = [torch.from_numpy(np.asarray(prepared.array(f"cameras/{n}/frames")[frames], np.float32) / 255)
+        verts = mesh.deform(torch.from_numpy(prepared.read(BLEND_WEIGHTS)[frames]),
+                            torch.from_numpy(prepared.read(POSE)[frames]))
+        images = [torch.from_numpy(np.asarray(prepared.array(frames_array(n))[frames], np.float32) / 255)
                   for n in names]
         _, weight = fuse_cameras(mesh, verts, images, cams, size, RasterSettings(near=0.05, far=50.0))
-        true_tex = torch.from_numpy(np.asarray(truth.array("tracking/textures")[frames], np.float32) / 255)
+        true_tex = torch.from_numpy(np.asarray(truth.array(TEXTURES)[frames], np.float32) / 255)
         if true_tex.shape[1] != size:
             true_tex = torch.nn.functional.interpolate(true_tex.permute(0, 3, 1, 2), size=(size, size),
                                                        mode="area").permute(0, 2, 3, 1)
         expected = rasterizer.texture(true_tex, uv.expand(len(frames), -1, -1, -1))
-        ours = torch.from_numpy(np.asarray(prepared.array("tracking/textures")[frames], np.float32) / 255)
+        ours = torch.from_numpy(np.asarray(prepared.array(TEXTURES)[frames], np.float32) / 255)
         seen = (weight[..., 0] > 0.05) & covered
         squared = float(((ours - expected) ** 2).sum(-1)[seen].sum())
         count = int(seen.sum()) * 3
@@ -112,13 +113,13 @@ def texture_psnr(prepared: CaptureCache, truth: CaptureCache, frames: np.ndarray
 
 def score_prepared(prepared: CaptureCache, truth: CaptureCache) -> dict[str, Any]:
     """Every figure of the issue's accuracy goals for one prepared capture of a synthetic actor."""
-    true_pose, est_pose = truth.read("truth/pose"), prepared.read("tracking/pose")
+    true_pose, est_pose = truth.read(truth_array("pose")), prepared.read(POSE)
     if len(true_pose) != len(est_pose):
         raise CacheError(f"{prepared.root} has {len(est_pose)} frames but its truth {truth.root} {len(true_pose)}")
     first_est, first_true = prepared.cameras[0], truth.camera(_truth_camera(prepared, truth))
     world = np.array(first_est.R).T @ np.array(first_true.R)
     angles = rotation_errors(est_pose, true_pose, world)
-    corr = blend_correlations(prepared.read("tracking/blend_weights"), truth.read("truth/blend_weights"))
+    corr = blend_correlations(prepared.read(BLEND_WEIGHTS), truth.read(truth_array("blend_weights")))
     fit = prepared.manifest.meta["prepare"]["fit"]["cameras"]
     frames = np.linspace(0, len(est_pose) - 1, TEXTURE_FRAMES).round().astype(int)
     return {

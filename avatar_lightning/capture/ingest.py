@@ -24,6 +24,7 @@ import numpy as np
 
 from avatar_lightning import __version__
 from avatar_lightning.cache.files import check_output_folder, staged_folder
+from avatar_lightning.cache.layout import crop_boxes_array, frames_array
 from avatar_lightning.cache.manifest import CameraRecord, SequenceRecord
 from avatar_lightning.cache.pages import release_pages
 from avatar_lightning.cache.store import CaptureCache
@@ -116,7 +117,7 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
         )
         boxes = np.zeros((num_frames, 3), dtype=np.float32) if crop else None
         written = 0
-        with cache.array_writer(f"cameras/{CAMERA}/frames", (num_frames, height, width, 3), np.uint8, stage=STAGE,
+        with cache.array_writer(frames_array(CAMERA), (num_frames, height, width, 3), np.uint8, stage=STAGE,
                                 per_frame=True) as frames:
             buffer: list[np.ndarray] = []
             for image in _frames(video, width, height, crop, info.fps, boxes, strict):
@@ -136,5 +137,5 @@ def ingest_video(video: str | Path, out: str | Path, *, crop: bool = False, size
                 raise VideoError(f"{video} yielded {written} frames, {num_frames} were counted; did it change?")
             report("write frames", written, num_frames)
         if boxes is not None:
-            cache.write_array(f"cameras/{CAMERA}/crop_boxes", boxes, stage=STAGE, per_frame=True)
+            cache.write_array(crop_boxes_array(CAMERA), boxes, stage=STAGE, per_frame=True)
     return CaptureCache(out)

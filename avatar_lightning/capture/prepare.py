@@ -27,10 +27,18 @@ import torch
 
 from avatar_lightning import __version__
 from avatar_lightning.cache.files import check_output_folder, staged_folder
-from avatar_lightning.cache.layout import landmark_array, landmark_valid_array
+from avatar_lightning.cache.layout import (
+    BLEND_WEIGHTS,
+    POSE,
+    TEXTURES,
+    clean_plate_array,
+    frames_array,
+    landmark_array,
+    landmark_valid_array,
+)
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
-from avatar_lightning.cache.template import load_template
+from avatar_lightning.cache.template import load_template, write_template
 from avatar_lightning.capture import calibration as calib
 from avatar_lightning.capture.bundle_adjustment import estimate_calibration
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
@@ -94,7 +102,7 @@ def decode_and_track(info: CaptureInfo, cache: CaptureCache, names: Sequence[str
     seen = np.zeros((n, c), bool)
     with contextlib.ExitStack() as stack:
         frames = [stack.enter_context(cache.array_writer(
-            f"cameras/{name}/frames", (n, h, w, 3), np.uint8, stage=STAGE, per_frame=True))
+            frames_array(name), (n, h, w, 3), np.uint8, stage=STAGE, per_frame=True))
             for name, (w, h) in zip(names, info.sizes, strict=True)]
         marks = [stack.enter_context(cache.array_writer(
             landmark_array(name), (n, NUM_LANDMARKS, 3), np.float32, stage=STAGE, per_frame=True)) for name in names]
@@ -127,15 +135,6 @@ def check_faces(seen: np.ndarray, sources: Sequence[CameraSource]) -> None:
                              f"{len(seen)} frames; is the actor in view (and the region right)?")
 
 
-def write_template(cache: CaptureCache, template: ActorTemplate) -> None:
-    t = template.template
-    cache.write_array("template/vertices", t.vertices, stage=STAGE)
-    cache.write_array("template/triangles", t.triangles, stage=STAGE)
-    cache.write_array("template/uvs", t.uvs, stage=STAGE)
-    cache.write_array("template/uv_triangles", t.uv_triangles, stage=STAGE)
-    cache.write_array("template/blend_basis", template.blend_basis, stage=STAGE)
-
-
 def camera_list(records: Sequence[CameraRecord]) -> list[Cameras]:
     return [Cameras.from_dict(r) for r in records]
 
@@ -145,7 +144,7 @@ def _images(cache: CaptureCache, names: Sequence[str], rows: np.ndarray | slice,
     """Frames as float tensors in [0, 1], area-resized to ``sizes[c] = (width, height)`` where given."""
     out = []
     for k, name in enumerate(names):
-        frames = np.asarray(cache.array(f"cameras/{name}/frames")[rows])
+        frames = np.asarray(cache.array(frames_array(name))[rows])
         if sizes is not None and sizes[k] != (frames.shape[2], frames.shape[1]):
             frames = np.stack([cv2.resize(f, sizes[k], interpolation=cv2.INTER_AREA) for f in frames])
         out.append(torch.from_numpy(frames.astype(np.float32) / 255))
@@ -181,7 +180,7 @@ def extract_textures(cache: CaptureCache, names: Sequence[str], records: Sequenc
         verts = mesh.deform(blend[sample], pose[sample])
         colour, weight = fuse_cameras(mesh, verts, _images(cache, names, sample, sizes), cams, size, settings)
         running = RunningTexture(mean_texture(colour, weight))
-        with cache.array_writer("tracking/textures", (n, size, size, 3), np.uint8, stage=STAGE,
+        with cache.array_writer(TEXTURES, (n, size, size, 3), np.uint8, stage=STAGE,
                                 per_frame=True) as textures:
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
@@ -218,7 +217,7 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
                 verts = mesh.deform(torch.from_numpy(fit.blend_weights[rows]), torch.from_numpy(fit.pose[rows]))
                 pixels, _ = Cameras.from_dict(record).project_to_pixels(verts.float())
             masks = np.stack([head_mask(p, record.width, record.height) for p in pixels.numpy()])
-            estimate = estimate_plate(np.asarray(cache.array(f"cameras/{name}/frames")[rows]), masks)
+            estimate = estimate_plate(np.asarray(cache.array(frames_array(name))[rows]), masks)
             plate = estimate.plate
             report[name] = {"source": "temporal median of sampled frames with the head masked out",
                             "frames": estimate.frames_used, "never_seen_fraction": round(estimate.unseen_fraction, 4)}
@@ -226,7 +225,7 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
                 log.warning("camera %s: %.1f %% of the clean plate was never seen behind the head and is inpainted; "
                             "pass --clean-plate with a frame of the empty scene for a better one", name,
                             100 * estimate.unseen_fraction)
-        cache.write_array(f"cameras/{name}/clean_plate", plate, stage=STAGE)
+        cache.write_array(clean_plate_array(name), plate, stage=STAGE)
     return report
 
 
@@ -309,9 +308,11 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
             template = triangulate_template(store, seen, records, template, options.fit)
             report("template from all cameras", 1, 1)
         fit = fit_tracking(store, seen, records, template, options.fit, report)
-        write_template(cache, template)
-        for name, array in (("pose", fit.pose), ("blend_weights", fit.blend_weights)):
-            cache.write_array(f"tracking/{name}", array.astype(np.float32), stage=STAGE, per_frame=True)
+        t = template.template
+        write_template(cache, {"vertices": t.vertices, "triangles": t.triangles, "uvs": t.uvs,
+                               "uv_triangles": t.uv_triangles, "blend_basis": template.blend_basis}, STAGE)
+        for name, array in ((POSE, fit.pose), (BLEND_WEIGHTS, fit.blend_weights)):
+            cache.write_array(name, array.astype(np.float32), stage=STAGE, per_frame=True)
 
         mesh = load_template(cache)
         unseen_texels = extract_textures(cache, names, records, mesh, fit, options.texture_size, options.chunk,

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from avatar_lightning.cache.layout import TEXTURES, clean_plate_array, frames_array, landmark_array
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.capture.fitting import FitResult
@@ -50,12 +51,12 @@ def frame_rows(cache: CaptureCache, mesh: Mesh, fit: FitResult, names: Sequence[
         with torch.no_grad():
             verts = mesh.deform(torch.from_numpy(fit.blend_weights[frame : frame + 1]),
                                 torch.from_numpy(fit.pose[frame : frame + 1]))
-        texture = torch.from_numpy(np.asarray(cache.array("tracking/textures")[frame : frame + 1], np.float32) / 255)
+        texture = torch.from_numpy(np.asarray(cache.array(TEXTURES)[frame : frame + 1], np.float32) / 255)
         for name, record in zip(names, records, strict=True):
             camera = Cameras.from_dict(record)
-            captured = np.asarray(cache.array(f"cameras/{name}/frames")[frame])
-            plate = np.asarray(cache.array(f"cameras/{name}/clean_plate"), np.float32) / 255
-            landmarks = np.asarray(cache.array(f"tracking/landmarks/{name}")[frame])
+            captured = np.asarray(cache.array(frames_array(name))[frame])
+            plate = np.asarray(cache.array(clean_plate_array(name)), np.float32) / 255
+            landmarks = np.asarray(cache.array(landmark_array(name))[frame])
             with torch.no_grad():
                 pixels, _ = camera.project_to_pixels(verts)
                 image, mask = render_textured(mesh, verts, texture, camera, settings)

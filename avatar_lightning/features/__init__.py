@@ -2,8 +2,8 @@
 
 ``mediapipe`` (FaceMesh landmarks, offline everywhere) and ``deca`` (DECA's encoder: ``deca_resnet`` 2048-d and
 ``deca_expression`` 50 + 3, with the user's ``deca_model.tar``). Extraction over a capture runs through
-Lightning predict (:mod:`.extract`; ``python -m avatar_lightning features``). Heavy modules (MediaPipe,
-torchvision) are imported only by the extractor that needs them.
+Lightning predict (:mod:`.extract`, driven by :mod:`.run`: ``python -m avatar_lightning features``). Heavy
+modules (MediaPipe, torchvision) are imported only by the extractor that needs them.
 """
 
 from avatar_lightning.features.base import (

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from avatar_lightning.cache.layout import feature_array, valid_array
+from avatar_lightning.cache.layout import feature_array, frames_array, valid_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
 from avatar_lightning.features.extract import (
@@ -43,7 +43,7 @@ def extract_tracked_blend(cache_dir: str | Path, camera: str | None = None, rela
     record = cache.cameras[0] if camera is None else next((c for c in cache.cameras if c.name == camera), None)
     if record is None:
         raise CacheError(f"{cache.root}: no camera {camera!r}; the cache has {[c.name for c in cache.cameras]}")
-    frames = cache.array(f"cameras/{record.name}/frames")
+    frames = cache.array(frames_array(record.name))
     spans = covering_spans([(s.first, s.last) for s in cache.sequences], cache.num_frames)
     landmarks, valid = track_landmarks(frames, len(frames), [a for a, _ in spans])
     if not valid.any():
@@ -57,7 +57,7 @@ def extract_tracked_blend(cache_dir: str | Path, camera: str | None = None, rela
     cache.write_array(valid_array(TRACKED_BLEND), valid, stage=STAGE, per_frame=True)
     summary = {TRACKED_BLEND: {
         "extractor": TRACKED_BLEND, "camera": record.name,
-        "source": f"cameras/{record.name}/frames {list(frames.shape)}",
+        "source": f"{frames_array(record.name)} {list(frames.shape)}",
         "dim": len(BLEND_SHAPE_NAMES), "layout": f"17 blend weights fitted to the person's own template: "
                                                   f"{', '.join(BLEND_SHAPE_NAMES)}",
         "relative": relative, "fit": report, "frames_without_face": int((~valid).sum()),
@@ -137,7 +137,7 @@ def extract_features(
         summary[output.name] = {
             **model.extractor.describe(),
             "camera": data.camera,
-            "source": f"cameras/{data.camera}/frames {list(frames.shape)}",
+            "source": f"{frames_array(data.camera)} {list(frames.shape)}",
             "dim": output.dim,
             "layout": output.layout,
             "relative": relative,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from avatar_lightning.cache.files import atomic_write_text
+from avatar_lightning.cache.layout import BLEND_WEIGHTS
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
 from avatar_lightning.nets.animator import BACKBONES, AnimatorNet, Backbone
@@ -31,8 +32,6 @@ from avatar_lightning.scoring import (
     nearest_neighbour_baseline,
     score_sequences,
 )
-
-BLEND_WEIGHTS = "tracking/blend_weights"
 
 
 def masked_mse(prediction: Tensor, target: Tensor, valid: Tensor) -> Tensor:

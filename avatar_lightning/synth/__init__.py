@@ -1,0 +1,1 @@
+"""The built-in synthetic multi-view actor (the embedded default dataset) and other identities that drive it."""

@@ -13,8 +13,18 @@ import torch
 
 from avatar_lightning import __version__
 from avatar_lightning.cache.files import staged_folder
+from avatar_lightning.cache.layout import (
+    BLEND_WEIGHTS,
+    POSE,
+    TEXTURES,
+    clean_plate_array,
+    foreground_array,
+    frames_array,
+    truth_array,
+)
 from avatar_lightning.cache.manifest import CameraRecord, SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
+from avatar_lightning.cache.template import write_template
 from avatar_lightning.errors import CacheError
 from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.performance import DRIVER_STYLES, generate_performance
@@ -178,18 +188,17 @@ def generate(
         )
 
         face = person.face
-        cache.write_array("template/vertices", face.vertices.numpy(), stage=STAGE)
-        cache.write_array("template/triangles", face.triangles.numpy(), stage=STAGE)
-        cache.write_array("template/uvs", face.uvs.numpy(), stage=STAGE)
-        cache.write_array("template/uv_triangles", face.uv_faces.numpy(), stage=STAGE)
-        cache.write_array("template/blend_basis", face.blend_basis.numpy(), stage=STAGE)
-        for name, array in (("pose", pose), ("blend_weights", blend_weights)):
-            cache.write_array(f"tracking/{name}", array, stage=STAGE, per_frame=True)
-            cache.write_array(f"truth/{name}", array, stage=STAGE, per_frame=True)
+        write_template(cache, {"vertices": face.vertices.numpy(), "triangles": face.triangles.numpy(),
+                               "uvs": face.uvs.numpy(), "uv_triangles": face.uv_faces.numpy(),
+                               "blend_basis": face.blend_basis.numpy()}, STAGE)
+        for tracked, truth, array in ((POSE, truth_array("pose"), pose),
+                                      (BLEND_WEIGHTS, truth_array("blend_weights"), blend_weights)):
+            cache.write_array(tracked, array, stage=STAGE, per_frame=True)
+            cache.write_array(truth, array, stage=STAGE, per_frame=True)
 
         size, chunk = config.texture_size, config.chunk
         with cache.array_writer(
-            "tracking/textures", (num_frames, size, size, 3), np.uint8, stage=STAGE, per_frame=True
+            TEXTURES, (num_frames, size, size, 3), np.uint8, stage=STAGE, per_frame=True
         ) as textures:
             for start in range(0, num_frames, chunk):
                 stop = min(start + chunk, num_frames)
@@ -204,16 +213,16 @@ def generate(
             for c, name in enumerate(camera_names):
                 plate_noise = noise_rng.normal(0, config.noise / 4, plates[c].shape)
                 cache.write_array(
-                    f"cameras/{name}/clean_plate",
+                    clean_plate_array(name),
                     np.clip(plates[c] + plate_noise, 0, 255).round().astype(np.uint8),
                     stage=STAGE,
                 )
                 shape = (num_frames, config.height, config.width)
                 with (
                     cache.array_writer(
-                        f"cameras/{name}/frames", (*shape, 3), np.uint8, stage=STAGE, per_frame=True
+                        frames_array(name), (*shape, 3), np.uint8, stage=STAGE, per_frame=True
                     ) as frames,
-                    cache.array_writer(f"truth/{name}/foreground", shape, np.uint8, stage=STAGE,
+                    cache.array_writer(foreground_array(name), shape, np.uint8, stage=STAGE,
                                        per_frame=True) as masks,
                 ):
                     for start in range(0, num_frames, chunk):
