@@ -31,6 +31,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
+
 
 def judge_as_generator(discriminator: nn.Module, fake: Tensor) -> Tensor:
     """``discriminator(fake)`` with the discriminator's parameters held fixed: gradient flows to ``fake`` only."""
@@ -73,3 +75,32 @@ def update(module: pl.LightningModule, generator_loss: Tensor, discriminator_los
         if not discriminator_learns:
             opt_d.zero_grad(set_to_none=True)  # the idle term's zeros: no Adam state, as if it had no gradient
         opt_d.step()
+
+
+def adversarial_step(module: pl.LightningModule, discriminator: nn.Module | None, loss: Tensor,
+                     losses: dict[str, Tensor], real: Tensor, fake: Tensor, adversarial: bool, kind: str,
+                     weight: float) -> Tensor:
+    """The end of both models' ``training_step``: the adversarial terms, :func:`update`, and the training logs.
+
+    Args:
+        discriminator: the PatchGAN, or None without one.
+        loss: the generator's reconstruction loss so far; ``losses`` its terms by name (extended here).
+        real, fake: the discriminator's inputs, captured and generated (``fake`` keeps its graph).
+        adversarial: whether the adversarial term is on (after ``adversarial_start``).
+        kind, weight: the adversarial loss (hinge or least squares) and its weight in the generator's loss.
+
+    Returns the generator's total loss.
+    """
+    d_loss = None
+    if adversarial:
+        losses["g_adv"] = generator_loss(judge_as_generator(discriminator, fake), kind)
+        loss = loss + weight * losses["g_adv"]
+        # the discriminator learns alongside the generator once the term is on
+        d_loss = discriminator_loss(discriminator(real), discriminator(fake.detach()), kind)
+        losses["d_loss"] = d_loss.detach()
+    elif discriminator is not None:
+        d_loss = idle(discriminator)
+    update(module, loss, d_loss, discriminator_learns=adversarial)
+    module.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
+    module.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+    return loss

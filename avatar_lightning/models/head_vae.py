@@ -19,8 +19,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from avatar_lightning.checkpoints import load_model
 from avatar_lightning.errors import CacheError
-from avatar_lightning.models.gan import idle, judge_as_generator, update
-from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
+from avatar_lightning.models.gan import adversarial_step
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
 
@@ -167,20 +166,8 @@ class HeadVAE(pl.LightningModule):
             + self._kl_weight() * losses["kl"]
             + self.hparams.perceptual_weight * losses.get("lpips", 0.0)
         )
-        adversarial, kind = self._adversarial_on(), self.hparams.adversarial_loss
-        d_loss = None
-        if adversarial:
-            losses["g_adv"] = generator_loss(judge_as_generator(self.discriminator, recon), kind)
-            loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
-            # the discriminator learns alongside the generator once the term is on
-            d_loss = discriminator_loss(self.discriminator(texture), self.discriminator(recon.detach()), kind)
-            losses["d_loss"] = d_loss.detach()
-        elif self.discriminator is not None:
-            d_loss = idle(self.discriminator)
-        update(self, loss, d_loss, discriminator_learns=adversarial)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        return adversarial_step(self, self.discriminator, loss, losses, texture, recon, self._adversarial_on(),
+                                self.hparams.adversarial_loss, self.hparams.adversarial_weight)
 
     def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         """Reconstruct from mu (no sampling): losses, texture PSNR / SSIM and blend MSE under ``stage/``."""

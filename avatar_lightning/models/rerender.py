@@ -18,8 +18,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryJaccardIndex
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from avatar_lightning.models.gan import idle, judge_as_generator, update
-from avatar_lightning.nets.adversarial import discriminator_loss, generator_loss
+from avatar_lightning.models.gan import adversarial_step
 from avatar_lightning.nets.head_vae import PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
 from avatar_lightning.nets.unet import UNet
@@ -132,19 +131,8 @@ class Rerenderer(pl.LightningModule):
         losses = self._losses(out, frame)
         loss = (losses["l1"] + self.hparams.beta_weight * losses["beta"]
                 + self.hparams.perceptual_weight * losses.get("lpips", 0.0))
-        adversarial, kind = self._adversarial_on(), self.hparams.adversarial_loss
-        d_loss = None
-        if adversarial:
-            losses["g_adv"] = generator_loss(judge_as_generator(self.discriminator, out.i_out), kind)
-            loss = loss + self.hparams.adversarial_weight * losses["g_adv"]
-            d_loss = discriminator_loss(self.discriminator(frame), self.discriminator(out.i_out.detach()), kind)
-            losses["d_loss"] = d_loss.detach()
-        elif self.discriminator is not None:
-            d_loss = idle(self.discriminator)
-        update(self, loss, d_loss, discriminator_learns=adversarial)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=True, on_epoch=False)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        return adversarial_step(self, self.discriminator, loss, losses, frame, out.i_out, self._adversarial_on(),
+                                self.hparams.adversarial_loss, self.hparams.adversarial_weight)
 
     def _evaluation_step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         """Losses, PSNR / SSIM of I_out, and the learned mask's IoU with the true one where the cache has it."""
