@@ -118,6 +118,24 @@ def test_a_frozen_avatar_scores_zero() -> None:
     assert json.dumps(score.to_json())  # n/a is null, not NaN
 
 
+def test_amplitude_sees_a_damped_an_exaggerated_and_a_frozen_avatar() -> None:
+    """Standardised correlation cannot tell a 20 % copy from a perfect one; the amplitude ratio can."""
+    driver = _series()
+    for gain in (0.2, 1.0, 2.0):
+        score = score_measures(driver, gain * (driver - driver.mean(0)) + 3.0, 25.0)
+        assert score.mean_pearson() == pytest.approx(1.0)
+        assert all(m.amplitude == pytest.approx(gain) for m in score.measures.values())
+        assert score.summary()["amplitude"] == pytest.approx(gain)
+        assert score.summary()["mouth_open_amplitude"] == pytest.approx(gain)
+    frozen = score_measures(driver, np.ones_like(driver), 25.0)
+    assert frozen.summary()["amplitude"] == 0.0 and frozen.summary()["mouth_open_amplitude"] == 0.0
+    still_driver = score_measures(np.ones_like(driver), driver, 25.0)  # nothing to copy: n/a, not a ratio
+    assert all(m.amplitude is None for m in still_driver.measures.values())
+    assert json.loads(json.dumps(still_driver.to_json()))["summary"]["amplitude"] is None
+    late = score_measures(driver, np.roll(driver, 6, axis=0), 25.0)
+    assert late.summary()["amplitude"] == pytest.approx(1.0, abs=0.02)  # late, but as lively
+
+
 def test_a_late_avatar_scores_lower_and_its_lag_is_found() -> None:
     driver = _series(400)
     late = np.roll(driver, 6, axis=0)
@@ -171,6 +189,7 @@ def test_score_transfer_command_on_a_real_clip(driving_clip: Path, tmp_path: Pat
     assert results["self"]["mean_pearson"] > 0.97  # H.264 re-encoding moves landmarks a little
     assert abs(results["frozen"]["mean_pearson"]) < 0.2
     assert results["late"]["mean_pearson"] < results["self"]["mean_pearson"] - 0.1
+    assert results["self"]["amplitude"] == pytest.approx(1.0, abs=0.1) and results["frozen"]["amplitude"] < 0.1
     assert "mouth_open" in capsys.readouterr().out
 
 

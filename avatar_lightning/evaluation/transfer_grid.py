@@ -61,7 +61,13 @@ class RunTransfer:
             "transfer_mouth_r": float(np.mean([s["mouth_open_pearson"] or 0.0 for s in summaries])),
             "transfer_min_measure_r": float(np.min([s["min_pearson"] for s in summaries])),
             "transfer_jitter_ratio": float(np.nanmedian([s["jitter_ratio"] for s in summaries])),
+            "transfer_amplitude": float(np.nanmedian([_nan(s["amplitude"]) for s in summaries])),
+            "transfer_mouth_amplitude": float(np.nanmedian([_nan(s["mouth_open_amplitude"]) for s in summaries])),
         }
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 class DrivingClips:
@@ -145,15 +151,18 @@ def markdown(results: Sequence[RunTransfer]) -> str:
     clips = list(results[0].scores)
     best = max(r.metrics()["transfer_r"] for r in results)
     lines = ["Transfer on real drivers (geometry: FaceMesh on the driver vs the avatar's decoded mesh; mean Pearson "
-             "over the ten measures per clip; higher is better; jitter ratio best near 1).", "",
-             "| run | " + " | ".join(clips) + " | mean | worst clip | mouth_open | worst measure | jitter ratio |",
-             "|---|" + "---|" * (len(clips) + 5)]
+             "over the ten measures per clip; higher is better; jitter ratio best near 1; amplitude: the avatar's "
+             "spread over the driver's, median over measures and clips, 1 = as lively).", "",
+             "| run | " + " | ".join(clips) + " | mean | worst clip | mouth_open | worst measure | jitter ratio | "
+             "amplitude | mouth amplitude |",
+             "|---|" + "---|" * (len(clips) + 7)]
     for r in sorted(results, key=lambda r: -r.metrics()["transfer_r"]):
         m = r.metrics()
         mean = f"**{m['transfer_r']:.2f}**" if m["transfer_r"] == best else f"{m['transfer_r']:.2f}"
         lines.append(f"| {r.label} | " + " | ".join(f"{r.scores[c].mean_pearson():.2f}" for c in clips)
                      + f" | {mean} | {m['transfer_worst_clip_r']:.2f} | {m['transfer_mouth_r']:.2f} | "
-                       f"{m['transfer_min_measure_r']:.2f} | {m['transfer_jitter_ratio']:.2f} |")
+                       f"{m['transfer_min_measure_r']:.2f} | {m['transfer_jitter_ratio']:.2f} | "
+                       f"{m['transfer_amplitude']:.2f} | {m['transfer_mouth_amplitude']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

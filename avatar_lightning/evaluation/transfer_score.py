@@ -13,7 +13,11 @@ only *when* and *how much relative to its own range* a face moves):
 - ``jitter_ratio``: the avatar's frame-to-frame roughness over the driver's (RMS second difference of the
   standardised series); 1 = as smooth as the driver, < 1 smoother (lagging), > 1 jittery;
 - ``best_lag``: the shift of the avatar (frames, + = avatar late) within +-``MAX_LAG_SECONDS`` that
-  correlates best: a diagnostic of latency, not part of the score.
+  correlates best: a diagnostic of latency, not part of the score;
+- ``amplitude``: the avatar's standard deviation of the raw measure over the driver's, over the same frames (1 = as
+  lively, near 0 = frozen, 2 = exaggerated). Standardising makes the correlation blind to how much a face moves;
+  this is the number that sees it. It compares like with like only where the faces are alike: the same person
+  (self-reenactment), or an avatar that should copy a driver's range.
 
 How it differs from the papers' AED: they compare 3DMM expression parameters (Deep3DFaceRecon, SMIRK) of
 driver and output; here the estimator is FaceMesh, whose landmarks may also feed the animator (the
@@ -102,6 +106,7 @@ class MeasureScore:
     mae: float | None
     jitter_ratio: float | None
     best_lag: int | None
+    amplitude: float | None = None  # the avatar's spread of the raw measure over the driver's (0: frozen)
 
 
 @dataclass
@@ -124,6 +129,12 @@ class TransferScore:
         values = [self.measures[n].pearson for n in names if n in self.measures]
         return float(np.mean([0.0 if v is None else v for v in values])) if values else float("nan")
 
+    def amplitude(self, names: tuple[str, ...] = MEASURES) -> float:
+        """Median over ``names`` of the amplitude ratios (n/a ones, where the driver does not move, left out)."""
+        values = [self.measures[n].amplitude for n in names if n in self.measures]
+        values = [v for v in values if v is not None]
+        return float(np.median(values)) if values else float("nan")
+
     @property
     def jitter_ratio(self) -> float:
         """Median over measures of the per-measure jitter ratios (n/a ones left out)."""
@@ -134,6 +145,7 @@ class TransferScore:
         return {"mean_pearson": self.mean_pearson(), "mean_pearson_core": self.mean_pearson(CORE_MEASURES),
                 "min_pearson": min((0.0 if m.pearson is None else m.pearson) for m in self.measures.values()),
                 "mouth_open_pearson": self.measures["mouth_open"].pearson, "jitter_ratio": self.jitter_ratio,
+                "amplitude": self.amplitude(), "mouth_open_amplitude": self.measures["mouth_open"].amplitude,
                 "face_fraction": self.face_fraction}
 
     def to_json(self) -> dict[str, Any]:
@@ -201,8 +213,9 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
             score.measures[name] = MeasureScore(None, None, None, None)
             continue
         zd, za = _standardise(d[both, m]), _standardise(a[both, m])
+        amplitude = None if zd is None else float(a[both, m].std() / d[both, m].std()) if za is not None else 0.0
         if zd is None or za is None:
-            score.measures[name] = MeasureScore(None, None, None, None)
+            score.measures[name] = MeasureScore(None, None, None, None, amplitude)
             continue
         full_d, full_a = np.zeros(n), np.zeros(n)
         full_d[both], full_a[both] = zd, za
@@ -211,7 +224,7 @@ def score_measures(driver: np.ndarray, avatar: np.ndarray, fps: float) -> Transf
         score.measures[name] = MeasureScore(
             pearson=float(np.mean(zd * za)), mae=float(np.mean(np.abs(zd - za))),
             jitter_ratio=jitter if math.isfinite(jitter) else None,
-            best_lag=_best_lag(d[:, m], a[:, m], both, max_lag))
+            best_lag=_best_lag(d[:, m], a[:, m], both, max_lag), amplitude=amplitude)
     return score
 
 
@@ -275,17 +288,19 @@ def write_report(score: TransferScore, driver: np.ndarray, avatar: np.ndarray, o
 
 
 def markdown_table(score: TransferScore) -> str:
-    """One row per measure: Pearson, MAE, jitter ratio, best lag."""
+    """One row per measure: Pearson, amplitude, MAE, jitter ratio, best lag."""
 
     def fmt(value: float | None, digits: str = ".2f") -> str:
         return "n/a" if value is None else format(value, digits)
 
-    lines = ["| measure | Pearson | MAE (std units) | jitter ratio | best lag (frames) |", "|---|---|---|---|---|"]
+    lines = ["| measure | Pearson | amplitude | MAE (std units) | jitter ratio | best lag (frames) |",
+             "|---|---|---|---|---|---|"]
     for name, m in score.measures.items():
-        lines.append(f"| {name} | {fmt(m.pearson)} | {fmt(m.mae)} | {fmt(m.jitter_ratio)} | "
+        lines.append(f"| {name} | {fmt(m.pearson)} | {fmt(m.amplitude)} | {fmt(m.mae)} | {fmt(m.jitter_ratio)} | "
                      f"{'n/a' if m.best_lag is None else m.best_lag} |")
-    s = score.summary()
-    lines.append(f"| **mean** | **{s['mean_pearson']:.2f}** | | {fmt(s['jitter_ratio'])} | |")
+    s = _finite(score.summary())
+    lines.append(f"| **mean / median** | **{fmt(s['mean_pearson'])}** | **{fmt(s['amplitude'])}** | | "
+                 f"{fmt(s['jitter_ratio'])} | |")
     return "\n".join(lines) + f"\n\nFrames with a face in both: {score.frames_scored} of " \
                               f"{min(score.frames_driver, score.frames_avatar)} ({score.face_fraction:.0%}).\n"
 
@@ -307,13 +322,20 @@ def mesh_measures(mesh: Any, blend_weights: Any) -> np.ndarray:
 def videos_markdown(scores: Mapping[str, TransferScore]) -> str:
     """One row per driving video: the full chain's transfer score (FaceMesh on the driver vs the avatar video)."""
     lines = ["The exported avatar's video against its driver (`score-transfer`: FaceMesh on both, Pearson per "
-             "measure after standardising each video's series; higher is better).", "",
-             "| driver | mean | " + " | ".join(MEASURES) + " | jitter ratio | frames with a face |",
-             "|---|---|" + "---|" * (len(MEASURES) + 2)]
+             "measure after standardising each video's series, higher is better; amplitude: the avatar's spread of "
+             "each measure over the driver's, median over the measures and for mouth opening, 1 = as lively).", "",
+             "| driver | mean | " + " | ".join(MEASURES) + " | amplitude | mouth amplitude | jitter ratio | "
+             "frames with a face |",
+             "|---|---|" + "---|" * (len(MEASURES) + 4)]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
     for name, score in scores.items():
-        cells = ["n/a" if score.measures[m].pearson is None else f"{score.measures[m].pearson:.2f}" for m in MEASURES]
+        cells = [fmt(score.measures[m].pearson) for m in MEASURES]
         lines.append(f"| {name} | **{score.mean_pearson():.2f}** | " + " | ".join(cells)
-                     + f" | {score.jitter_ratio:.2f} | {score.face_fraction:.0%} |")
+                     + f" | {fmt(score.amplitude())} | {fmt(score.measures['mouth_open'].amplitude)} | "
+                       f"{score.jitter_ratio:.2f} | {score.face_fraction:.0%} |")
     return "\n".join(lines) + "\n"
 
 
