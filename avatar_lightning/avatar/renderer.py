@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -78,8 +79,22 @@ class AvatarRenderer:
     @torch.no_grad()
     def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
                blend_weights: Tensor | None = None, poses: Tensor | None = None) -> np.ndarray:
-        """Composited frames of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g. the capture's tracked
-        poses when scoring held-out frames), else by ``rotations`` (the driving head's, ``(B, 3, 3)``), else fixed."""
+        """Composited frames ``(B, H, W, 3) uint8`` of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g.
+        the capture's tracked poses when scoring held-out frames), else by ``rotations`` (the driving head's,
+        ``(B, 3, 3)``), else fixed."""
+        return _uint8(self._images(z, frames, rotations, blend_weights, poses)[1])
+
+    @torch.no_grad()
+    def render_layers(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
+                      blend_weights: Tensor | None = None, poses: Tensor | None = None) -> RenderedFrames:
+        """:meth:`render`, keeping the mesh rendering I_orig beside the composite (what the self-reenactment ladder
+        measures motion on)."""
+        i_orig, i_out = self._images(z, frames, rotations, blend_weights, poses)
+        return RenderedFrames(i_orig=_uint8(i_orig), i_out=_uint8(i_out))
+
+    def _images(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None,
+                blend_weights: Tensor | None, poses: Tensor | None) -> tuple[Tensor, Tensor]:
+        """I_orig and I_out, ``(B, 3, H, W)`` in [0, 1] (I_out may overshoot until it is clamped)."""
         with autocast(self.precision, self.device):
             texture, blend = self.decode(z.to(self.device))
         texture, blend = texture.float(), blend.float()
@@ -97,5 +112,22 @@ class AvatarRenderer:
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
         with autocast(self.precision, self.device):
             raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
-        image = compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
-        return (image.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return i_orig, compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
+
+
+@dataclass(frozen=True)
+class RenderedFrames:
+    """One batch of the chain's images, ``(B, H, W, 3) uint8`` each.
+
+    Attributes:
+        i_orig: the textured mesh rendering (black where the mesh does not cover the pixel).
+        i_out: the composite of equation 1 over the renderer's plate: the avatar's frame.
+    """
+
+    i_orig: np.ndarray
+    i_out: np.ndarray
+
+
+def _uint8(images: Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` in [0, 1] -> ``(B, H, W, 3) uint8``."""
+    return (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -52,9 +52,11 @@ class Evaluation:
     blend_shapes: list[str]
     image_frames: int
     cameras: list[str]
+    ladder: Any = None  # reenactment.Ladder of the chosen cell, where it was measured
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "ladder": None if self.ladder is None else self.ladder.to_json(),
             "chosen": {"label": self.chosen.candidate.label, "run_dir": str(self.chosen.candidate.run_dir),
                        "rule": SELECTION_RULE},
             "notes": self.notes, "drivers": self.drivers, "blend_shapes": self.blend_shapes,
@@ -98,7 +100,8 @@ def choose(scores: Sequence[Scores]) -> Scores:
 
 def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, rerenderer: Any | None = None,
              latents: str = "head_vae", cameras: Sequence[str] | None = None, image_frames: int = 50,
-             drivers: Sequence[Path] = (), lpips: Any = None, log: Callable[[str], None] = print) -> Evaluation:
+             drivers: Sequence[Path] = (), lpips: Any = None, log: Callable[[str], None] = print,
+             embedder: Any = None) -> Evaluation:
     """Score every run in ``run_dirs`` and the baselines on ``cache`` (see the module docstring).
 
     ``rerenderer`` None: no image metrics (said in the notes). ``drivers``: synthetic driver caches (with
@@ -118,7 +121,14 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
     if rerenderer is None:
         notes.append("no image metrics: pass --rerender (the re-render U-Net checkpoint) to render the full chain")
     else:
-        scorer = ImageScorer(cache, head_vae, rerenderer, np.concatenate(test_any.rows)[rows], cameras, lpips)
+        scorer = ImageScorer(cache, head_vae, rerenderer, np.concatenate(test_any.rows)[rows], cameras, lpips,
+                             embedder=embedder)
+        if embedder is None:
+            notes.append("no identity distance: dlib or its model files are missing (`python3.11 tasks.py setup` "
+                         "installs both)")
+        elif scorer.identity_floor is not None:
+            notes.append(f"identity: the real test frames lie {scorer.identity_floor:.2f} from each other in dlib's "
+                         "embedding (a perfect avatar's distance would be near that; the same person is below 0.6)")
         if lpips is None:
             notes.append("no LPIPS: its AlexNet backbone file is missing; place it as the README's head-model section "
                          "says, or pass --lpips-backbone FILE")

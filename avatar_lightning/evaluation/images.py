@@ -1,7 +1,17 @@
-"""The full chain's frames against the captured ones: PSNR, SSIM and LPIPS over the whole frame and the face box.
+"""The full chain's frames against the captured ones: what a person sees, in numbers (self-reenactment).
 
 The chain: animator latents -> head VAE decode -> the template deformed and posed by the capture's tracked pose ->
 rasterised from each capture camera -> re-render U-Net -> composited over the clean plate (``avatar.renderer``).
+The actor's held-out frames drive it (their features, their tracked pose), and the rendered frames are compared
+with the captured ones:
+
+- pixels: PSNR, SSIM (torchmetrics) and LPIPS (where its backbone file is present) over the whole frame and the
+  face box;
+- expression: FaceMesh on both, the ten measures of :mod:`.expression_measures`, per measure the Pearson
+  correlation and the amplitude ratio (:func:`.transfer_score.score_measures`, the real frames in the driver's
+  place): ``reenact_r`` (mean correlation), ``reenact_amplitude`` (median amplitude ratio; 1 = as lively as the
+  person, 0 = frozen), and both for mouth opening;
+- identity: dlib's face-recognition distance of each rendered frame to its real frame (:mod:`.identity`).
 """
 
 from __future__ import annotations
@@ -19,41 +29,64 @@ from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.errors import CacheError
 from avatar_lightning.evaluation.candidates import HeldOut
-from avatar_lightning.render import Cameras
+from avatar_lightning.evaluation.identity import FaceEmbedder, identity_scores
+from avatar_lightning.evaluation.transfer_score import frame_measures, score_measures
+from avatar_lightning.render import Cameras, Mesh
 
 FACE_MARGIN = 0.1  # the face box: the projected tracked mesh's bounds, widened by 10 % on each side
 LPIPS_SIDE = 128  # face boxes are resized to this square for LPIPS (AlexNet needs more than a tiny crop)
 
 
+def cache_avatar(cache: CaptureCache, head_vae: Any, rerenderer: Any, cameras: Sequence[str], mesh: Mesh,
+                 default_pose: torch.Tensor) -> Avatar:
+    """The training cache's actor as an :class:`Avatar` (no animator: latents come from the caller), for rendering
+    held-out frames from its capture cameras over their clean plates."""
+    records = {c.name: c for c in cache.cameras}
+    if unknown := [n for n in cameras if n not in records]:
+        raise CacheError(f"{cache.root}: no camera {unknown}; cameras are {list(records)}")
+    plates = {n: cache.read(clean_plate_array(n)) for n in cameras}
+    return Avatar(cache.root, {"default_pose": default_pose.tolist()}, head_vae, rerenderer, None, mesh,
+                  [records[n] for n in cameras], plates)
+
+
 class ImageScorer:
     """The full chain's frames for chosen held-out rows and cameras, against the captured frames.
 
-    Built once (captured frames, face boxes and tracked poses are read here); :meth:`score` renders one
-    candidate's latents for those rows from every camera.
+    Built once (captured frames, face boxes and tracked poses are read here; FaceMesh and the identity embedding
+    run on the captured frames here); :meth:`score` renders one candidate's latents for those rows from every
+    camera. The rows are spread over the test sequence, not consecutive: FaceMesh detects each frame on its own,
+    and the expression scores are correlation and spread over the sampled frames (no timing).
     """
 
     def __init__(self, cache: CaptureCache, head_vae: Any, rerenderer: Any, rows: np.ndarray,
-                 cameras: Sequence[str] | None = None, lpips: Any = None) -> None:
+                 cameras: Sequence[str] | None = None, lpips: Any = None, measure_faces: bool = True,
+                 embedder: FaceEmbedder | None = None) -> None:
         names = list(cameras) if cameras else [c.name for c in cache.cameras]
         records = {c.name: c for c in cache.cameras}
         if unknown := [n for n in names if n not in records]:
             raise CacheError(f"{cache.root}: no camera {unknown}; cameras are {list(records)}")
-        self.rows, self.lpips = np.asarray(rows), lpips
+        self.rows, self.lpips, self.fps = np.asarray(rows), lpips, cache.fps
         mesh = load_template(cache)
         self.poses = torch.from_numpy(np.asarray(cache.array(POSE)[self.rows], np.float32))
-        plates = {n: cache.read(clean_plate_array(n)) for n in names}
-        avatar = Avatar(cache.root, {"default_pose": self.poses.mean(0).tolist()}, head_vae, rerenderer, None, mesh,
-                        [records[n] for n in names], plates)
+        avatar = cache_avatar(cache, head_vae, rerenderer, names, mesh, self.poses.mean(0))
         self.renderers = {n: AvatarRenderer(avatar, n, fps=cache.fps) for n in names}
         with torch.no_grad():
             tracked = mesh.deform(torch.from_numpy(np.asarray(cache.array(BLEND_WEIGHTS)[self.rows], np.float32)),
                                   self.poses)
         self.captured, self.boxes = {}, {}
+        real_frames = []
         for n in names:
-            self.captured[n] = torch.from_numpy(np.asarray(cache.array(frames_array(n))[self.rows])).permute(
-                0, 3, 1, 2).float() / 255
+            frames = np.asarray(cache.array(frames_array(n))[self.rows])  # (R, H, W, 3) uint8
+            real_frames.append(frames)
+            self.captured[n] = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
             pixels, _ = Cameras.from_dict(records[n]).project_to_pixels(tracked)
             self.boxes[n] = _face_boxes(pixels.numpy(), records[n].width, records[n].height)
+        # every camera's rows, camera after camera, as score() renders them
+        self.faces = FaceAgreement(np.concatenate(real_frames), cache.fps, measure_faces, embedder)
+
+    @property
+    def identity_floor(self) -> float | None:
+        return self.faces.identity_floor
 
     @torch.no_grad()
     def score(self, z: np.ndarray, chunk: int = 16) -> dict[str, float | None]:
@@ -62,11 +95,13 @@ class ImageScorer:
 
         values: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "psnr_face", "ssim_face", "lpips",
                                                           "lpips_face")}
+        frames: list[np.ndarray] = []  # the rendered frames, camera after camera (as the real ones)
         for name, renderer in self.renderers.items():
             for start in range(0, len(self.rows), chunk):
                 part = slice(start, start + chunk)
                 image = renderer.render(torch.from_numpy(np.ascontiguousarray(z[part], np.float32)),
                                         list(range(start, start + len(z[part]))), poses=self.poses[part])
+                frames.append(image)
                 rendered = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255
                 target = self.captured[name][part]
                 values["psnr"] += peak_signal_noise_ratio(rendered, target, data_range=1.0, reduction="none",
@@ -87,7 +122,51 @@ class ImageScorer:
                                                                 (LPIPS_SIDE, LPIPS_SIDE), mode="bilinear",
                                                                 align_corners=False) for image in (rendered, target))
                         values["lpips_face"].append(float(self.lpips(a, b)))
-        return {k: (float(np.mean(v)) if v else None) for k, v in values.items()}
+        scores: dict[str, float | None] = {k: (float(np.mean(v)) if v else None) for k, v in values.items()}
+        return {**scores, **self.faces.score(np.concatenate(frames))}
+
+
+class FaceAgreement:
+    """What a person compares between real frames and the avatar's frames that stand for them, one by one.
+
+    Built once on the real frames ``(N, H, W, 3) uint8`` (FaceMesh and the identity embedding run on them here);
+    :meth:`score` takes the avatar's ``N`` frames in the same order. Frames are detected one by one (no tracking):
+    they may be sampled across a sequence.
+    """
+
+    def __init__(self, real: np.ndarray, fps: float, measure_faces: bool = True,
+                 embedder: FaceEmbedder | None = None) -> None:
+        self.fps, self.embedder, self.count = fps, embedder, len(real)
+        self.real_measures = frame_measures(real, len(real), consecutive=False) if measure_faces else None
+        self.real_identity = embedder.embed(real) if embedder is not None else None
+
+    @property
+    def identity_floor(self) -> float | None:
+        """The real frames' own spread in the identity embedding: what a perfect avatar's distance would be near."""
+        if self.real_identity is None:
+            return None
+        return identity_scores(self.real_identity, self.real_identity).real_spread
+
+    def score(self, rendered: np.ndarray) -> dict[str, float | None]:
+        """``reenact_r``, ``reenact_mouth_r``, ``reenact_amplitude``, ``reenact_mouth_amplitude``,
+        ``reenact_face_fraction`` (FaceMesh) and ``identity`` (dlib), where measured."""
+        if len(rendered) != self.count:
+            raise ValueError(f"{len(rendered)} rendered frames for {self.count} real ones")
+        out: dict[str, float | None] = {}
+        if self.real_measures is not None:
+            agreement = score_measures(self.real_measures, frame_measures(rendered, len(rendered), False), self.fps)
+            summary = agreement.summary()
+            out.update(reenact_r=agreement.mean_pearson(), reenact_mouth_r=summary["mouth_open_pearson"],
+                       reenact_amplitude=_finite(summary["amplitude"]),
+                       reenact_mouth_amplitude=summary["mouth_open_amplitude"],
+                       reenact_face_fraction=agreement.face_fraction)
+        if self.real_identity is not None and self.embedder is not None:
+            out["identity"] = identity_scores(self.real_identity, self.embedder.embed(rendered)).distance
+        return out
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _face_boxes(pixels: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -39,7 +39,8 @@ def write_outputs(rows: Sequence[Row], metrics: Sequence[str], out: Path) -> tup
 
 
 TABLE_METRICS = ("val_latent_mse", "latent_mse", "blend_mse", "jitter_ratio", "psnr_face", "ssim_face", "lpips_face",
-                 "psnr", "ssim", "lpips", "xid_relative_error", "transfer_r")
+                 "psnr", "ssim", "lpips", "reenact_r", "reenact_amplitude", "reenact_mouth_amplitude", "identity",
+                 "xid_relative_error", "transfer_r")
 
 
 def evaluation_rows(evaluation: Evaluation, cache: CaptureCache) -> list[Row]:
@@ -75,7 +76,11 @@ def write_report(evaluation: Evaluation, cache: CaptureCache, out: Path, transfe
              f"{chosen.metrics['val_latent_mse']:.4g}.", f"Rule: {SELECTION_RULE}.", "",
              f"Images: {evaluation.image_frames} test frames spread evenly over the test sequence(s), from camera(s) "
              f"{', '.join(evaluation.cameras) or 'none'}; the head posed by the capture's tracked pose; the face box "
-             "is the projected tracked mesh widened by 10 %.", "",
+             "is the projected tracked mesh widened by 10 %. Self-reenactment: `reenact_r` is the mean Pearson "
+             "correlation of the ten expression measures (FaceMesh) between the rendered and the real frames, "
+             "`reenact_amplitude` the median of their spread ratios (1 = as lively as the person, 0 = frozen), "
+             "`reenact_mouth_amplitude` mouth opening's, `identity` dlib's face-recognition distance of each rendered "
+             "frame to its real frame (lower is better; the same person is below 0.6).", "",
              *(f"Note: {n}." for n in evaluation.notes), "", "## Every cell and baseline", "", table]
     if cross:
         lines += ["## Cross-identity", "", cross]
@@ -83,6 +88,13 @@ def write_report(evaluation: Evaluation, cache: CaptureCache, out: Path, transfe
         written.append(out / "cross_identity.md")
         if cross_identity_heat_map(evaluation.scores, evaluation.blend_shapes, out / "cross_identity_shapes.png"):
             written.append(out / "cross_identity_shapes.png")
+    if evaluation.ladder is not None:
+        ladder = evaluation.ladder
+        lines += ["## Self-reenactment: where motion is lost", "", ladder.markdown(), ""]
+        if ladder.video is not None and ladder.contact_sheet is not None:
+            lines += [f"Video (real | avatar | reference): `{ladder.video.name}`; the person's extreme frames beside "
+                      f"the avatar's: `{ladder.contact_sheet.name}`.", ""]
+            written += [ladder.video, ladder.contact_sheet]
     if transfer_table:
         lines += ["## Transfer on real drivers", "", transfer_table]
     atomic_write_text(out / "evaluation.md", "\n".join(lines))

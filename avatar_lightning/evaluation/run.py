@@ -14,6 +14,8 @@ from avatar_lightning.errors import CacheError
 from avatar_lightning.evaluation.candidates import find_runs
 from avatar_lightning.evaluation.cross_identity import add_cross_identity, make_synthetic_drivers, require_truth
 from avatar_lightning.evaluation.evaluate import Evaluation, evaluate
+from avatar_lightning.evaluation.identity import load_embedder
+from avatar_lightning.evaluation.reenactment import LADDER_FRAMES, self_reenactment
 from avatar_lightning.evaluation.report import write_outputs, write_report
 from avatar_lightning.evaluation.tables import Row, find_scores
 from avatar_lightning.evaluation.transfer_grid import markdown, transfer_results, write_transfer, write_transfer_outputs
@@ -26,7 +28,8 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
                    head_vae: str | Path | None = None, latents: str = "head_vae",
                    cameras: Sequence[str] | None = None, image_frames: int = 50, synthetic: str | None = None,
                    synthetic_drivers: Sequence[str | Path] = (), drivers: Sequence[str | Path] = (),
-                   work: Path | None = None, lpips_backbone: str | None = None) -> Evaluation:
+                   work: Path | None = None, lpips_backbone: str | None = None,
+                   ladder_frames: int = LADDER_FRAMES) -> Evaluation:
     """``evaluate``'s work, callable from the demo: evaluate, score real drivers, write the report."""
     cache = CaptureCache(cache_dir)
     run_dirs = find_runs(runs)
@@ -43,7 +46,13 @@ def run_evaluation(runs: Sequence[str | Path], cache_dir: str | Path, out: Path,
         require_truth(CaptureCache(folder))
     if synthetic:
         driver_dirs += make_synthetic_drivers(synthetic, work / "synthetic")
-    evaluation = evaluate(run_dirs, cache, vae, model, latents, cameras, image_frames, driver_dirs, lpips)
+    embedder = load_embedder() if model is not None else None  # None (said once) without dlib or its files
+    evaluation = evaluate(run_dirs, cache, vae, model, latents, cameras, image_frames, driver_dirs, lpips,
+                          embedder=embedder)
+    if model is not None and ladder_frames > 0:  # the chosen cell, frame by frame on the held-out tail
+        evaluation.ladder = self_reenactment(cache, vae, model, evaluation.chosen.candidate, latents,
+                                             camera=cameras[0] if cameras else None, max_frames=ladder_frames,
+                                             out=out)
     transfer_table = ""
     if drivers:
         results = transfer_results(run_dirs, drivers, str(cache.root), work / "drivers")

@@ -21,10 +21,14 @@ from avatar_lightning.errors import CacheError
 SCORES = "scores.json"
 DEFAULT_METRICS = ("latent_mse", "blend_mse", "jitter_ratio")
 # Metrics whose best value is 1.0, not the lowest (jitter_ratio: as smooth as the targets, neither shakier
-# nor frozen); every other metric is lower-is-better.
-BEST_NEAR_ONE = frozenset({"jitter_ratio"})
-# Metrics where higher is better (image similarity, transfer correlation); every other metric is lower-is-better.
-HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_face", "ssim_face", "transfer_r"})
+# nor frozen; the amplitudes: as lively as the real person, neither damped nor exaggerated).
+BEST_NEAR_ONE = frozenset({"jitter_ratio", "reenact_amplitude", "reenact_mouth_amplitude"})
+NEAR_ONE_MEANING = {
+    "reenact_amplitude": "the avatar's spread of the expression measures over the real frames', median; 0 = frozen",
+    "reenact_mouth_amplitude": "the same for mouth opening",
+}
+# Metrics where higher is better (image similarity, correlations); every other metric is lower-is-better.
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_face", "ssim_face", "transfer_r", "reenact_r", "reenact_mouth_r"})
 PRODUCER = "`python -m avatar_lightning test` (or `fit`) of an animator experiment"
 
 
@@ -251,8 +255,8 @@ def markdown_table(rows: Sequence[Row], metrics: Sequence[str]) -> str:
         notes.append(f"Higher is better for {', '.join(f'`{m}`' for m in higher)}; the best value is in bold.")
     for metric in metrics:
         if metric in BEST_NEAR_ONE:
-            notes.append(f"`{metric}` is best near 1.0 (as smooth as the targets, neither shakier nor frozen); "
-                         "not bolded.")
+            meaning = NEAR_ONE_MEANING.get(metric, "as smooth as the targets, neither shakier nor frozen")
+            notes.append(f"`{metric}` is best near 1.0 ({meaning}); not bolded.")
     notes.append("n/a: not measured (e.g. `blend_mse` without a head VAE).")
     notes += ["", "Sources:", *(f"- `{s}`" for s in dict.fromkeys(str(r.source) for r in rows))]
     return "\n".join(lines + notes) + "\n"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,52 @@ def track_video(spec: str, progress: Progress | None = None,
     landmarks, valid = track_landmarks(images, frames, progress=progress,
                                        what=f"FaceMesh {video_path(spec).name}")
     return VideoLandmarks(spec, fps, landmarks, valid)
+
+
+def frame_measures(frames: Iterable[np.ndarray], count: int, consecutive: bool = True) -> np.ndarray:
+    """Expression measures ``(count, M)`` of FaceMesh on ``count`` RGB frames (NaN rows: no face).
+
+    ``consecutive``: the frames are a video's, in order (FaceMesh tracks between them); otherwise every frame is
+    detected on its own (frames sampled across a sequence).
+    """
+    from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker, track_landmarks
+
+    if consecutive:
+        landmarks, valid = track_landmarks(frames, count)
+        return measures_of_landmarks(landmarks, valid)
+    tracker = FaceMeshTracker(static=True)
+    landmarks = np.full((count, 478, 3), np.nan)
+    try:
+        for i, image in enumerate(frames):
+            found = tracker(np.asarray(image))
+            if found is not None:
+                landmarks[i] = found
+    finally:
+        tracker.close()
+    return measures_of_landmarks(landmarks, np.isfinite(landmarks[:, 0, 0]))
+
+
+class MeasureStream:
+    """FaceMesh in tracking mode over frames pushed in order, a chunk at a time (memory: the landmarks only)."""
+
+    def __init__(self) -> None:
+        from avatar_lightning.features.mediapipe_landmarks import FaceMeshTracker
+
+        self.tracker = FaceMeshTracker(static=False)
+        self.landmarks: list[np.ndarray] = []
+
+    def push(self, frames: Iterable[np.ndarray]) -> None:
+        for image in frames:
+            found = self.tracker(np.asarray(image))
+            self.landmarks.append(np.full((478, 3), np.nan) if found is None else found)
+
+    def measures(self) -> np.ndarray:
+        """``(frames pushed, M)``, NaN rows where no face; closes the tracker."""
+        self.tracker.close()
+        if not self.landmarks:
+            return np.zeros((0, len(MEASURES)))
+        landmarks = np.stack(self.landmarks)
+        return measures_of_landmarks(landmarks, np.isfinite(landmarks[:, 0, 0]))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from avatar_lightning.evaluation.cross_identity import STANDARD_DRIVERS
 from avatar_lightning.evaluation.evaluate import SELECTION_RULE
+from avatar_lightning.evaluation.reenactment import LADDER_FRAMES
 from avatar_lightning.evaluation.run import run_evaluation
 
 
@@ -47,12 +48,17 @@ def main(argv: Sequence[str]) -> int:
                         help="real driving videos: every run's transfer score on them")
     parser.add_argument("--work", type=Path, help="where driver caches are kept (default <out>/work)")
     parser.add_argument("--lpips-backbone", help="LPIPS's AlexNet file (default: torchvision's cache)")
+    parser.add_argument("--ladder-frames", type=int, default=LADDER_FRAMES,
+                        help="consecutive held-out frames the chosen cell's self-reenactment ladder, video and "
+                             "contact sheet use (default %(default)s; 0: none)")
     args = parser.parse_args(argv)
     if args.image_frames < 1:
         parser.error("--image-frames must be at least 1")
+    if args.ladder_frames < 0:
+        parser.error("--ladder-frames must be 0 (none) or more")
     evaluation = run_evaluation(args.runs, args.cache, args.out, args.rerender, args.head_vae, args.latents,
                                 args.cameras, args.image_frames, args.synthetic, args.synthetic_drivers,
-                                args.drivers, args.work, args.lpips_backbone)
+                                args.drivers, args.work, args.lpips_backbone, args.ladder_frames)
     print((args.out / "evaluation.md").read_text())
     print(f"chosen: {evaluation.chosen.candidate.label} ({SELECTION_RULE})")
     return 0
