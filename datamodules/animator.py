@@ -139,8 +139,9 @@ class AnimatorDataModule(CacheDataModule):
                 "latent_mean": latent_mean, "latent_std": latent_std}
 
     # ------------------------------------------------------------------ datasets and loaders
-    def _dataset(self, splits: Sequence[str], stride: int) -> BatchedWindows:
-        return BatchedWindows(self.cache_dir, self.arrays, self.cache.sequences_in(splits), self.window, stride)
+    def _dataset(self, splits: Sequence[str], stride: int, only: str | None = None) -> BatchedWindows:
+        return BatchedWindows(self.cache_dir, self.arrays, self.cache.sequences_in(splits), self.window, stride,
+                              only)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)

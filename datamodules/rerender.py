@@ -9,7 +9,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
 
-from avatar_lightning.cache.layout import clean_plate_array, foreground_array, frames_array, render_name
+from avatar_lightning.cache.layout import (
+    FACE_SEEN,
+    clean_plate_array,
+    foreground_array,
+    frames_array,
+    render_mask_name,
+    render_name,
+)
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
@@ -31,13 +38,13 @@ class CameraFrames(Dataset):
     """
 
     def __init__(self, root: str | Path, run: str, camera: str, camera_index: int,
-                 sequences: Sequence[SequenceRecord]) -> None:
+                 sequences: Sequence[SequenceRecord], only: str | None = None) -> None:
         cache = CaptureCache(root)
-        arrays = {"i_orig": render_name(run, camera), "coverage": f"{render_name(run, camera)}.mask",
+        arrays = {"i_orig": render_name(run, camera), "coverage": render_mask_name(run, camera),
                   "frame": frames_array(camera)}
         if cache.has(foreground_array(camera)):
             arrays["foreground"] = foreground_array(camera)
-        self.windows = CacheWindowDataset(root, arrays, sequences, window=1)
+        self.windows = CacheWindowDataset(root, arrays, sequences, window=1, only=only)
         self.plate = _image(torch.from_numpy(cache.read(clean_plate_array(camera))))  # (3, H, W)
         self.camera_index = camera_index
 
@@ -67,13 +74,15 @@ class RerenderDataModule(CacheDataModule):
         num_workers: DataLoader worker processes.
         seed: seeds the training shuffle.
         train_splits: which splits train on.
+        faces_only: train and validate only on frames where ``prepare`` saw the face (``tracking/face_seen``):
+            elsewhere I_orig shows an interpolated guess of a face the frame does not hold. False takes every frame.
     """
 
     def __init__(self, cache_dir: str, run: str = "head_vae", cameras: list[str] | None = None,
                  batch_size: int = 8, num_workers: int = 0, seed: int = 0,
-                 train_splits: list[str] | None = None) -> None:
+                 train_splits: list[str] | None = None, faces_only: bool = True) -> None:
         super().__init__(cache_dir, {}, window=1, batch_size=batch_size, num_workers=num_workers, seed=seed,
-                         train_splits=train_splits)
+                         train_splits=train_splits, only=FACE_SEEN if faces_only else None)
         self.run = run
         self.camera_names = list(cameras) if cameras else None
 
@@ -97,9 +106,9 @@ class RerenderDataModule(CacheDataModule):
             raise CacheError(f"{self.cache_dir}: cameras {self.cameras} differ in image size {sorted(sizes)}")
         return sizes.pop()
 
-    def _dataset(self, splits: Sequence[str], stride: int) -> ConcatDataset:
+    def _dataset(self, splits: Sequence[str], stride: int, only: str | None = None) -> ConcatDataset:
         _height, _width = self.image_size  # checked here: a batch mixes cameras, so they must share a size
         sequences = self.cache.sequences_in(splits)
-        return ConcatDataset([CameraFrames(self.cache_dir, self.run, name, index, sequences)
+        return ConcatDataset([CameraFrames(self.cache_dir, self.run, name, index, sequences, only)
                               for index, name in enumerate(self.cameras)])
 

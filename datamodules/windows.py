@@ -159,6 +159,8 @@ class CacheWindowDataset(Dataset):
         sequences: the sequences windows are drawn from.
         window: frames per item (T).
         stride: frames between consecutive window starts.
+        only: a per-frame bool array; windows holding a frame where it is False are left out (None, or a cache
+            without that array: every window).
     """
 
     def __init__(
@@ -168,12 +170,17 @@ class CacheWindowDataset(Dataset):
         sequences: Sequence[SequenceRecord],
         window: int,
         stride: int = 1,
+        only: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.arrays = dict(arrays)
         self.window = window
         self.starts = window_starts(sequences, window, stride)
         cache = CaptureCache(self.root)
+        if only is not None and cache.has(only):
+            keep = np.asarray(cache.array(only), dtype=bool)
+            whole = np.stack([keep[self.starts + k] for k in range(window)]).all(0) if len(self.starts) else keep[:0]
+            self.starts = self.starts[whole]
         for key, name in self.arrays.items():
             rec = cache.record(name)  # clear error naming the producer if missing
             if not rec.per_frame:
@@ -222,6 +229,8 @@ class CacheDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: seeds the training shuffle.
         train_splits: which splits train on (``val`` may be added once model selection is done).
+        only: a per-frame bool array: training, validation and test windows hold only frames where it is True
+            (predict still covers every frame); a cache without it uses every frame.
     """
 
     def __init__(
@@ -235,9 +244,11 @@ class CacheDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         train_splits: list[str] | None = None,
+        only: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.only = only
         self.cache_dir = cache_dir
         self.arrays = dict(arrays)
         self.window = window
@@ -256,24 +267,23 @@ class CacheDataModule(pl.LightningDataModule):
     def cache(self) -> CaptureCache:
         return CaptureCache(self.cache_dir)
 
-    def _dataset(self, splits: Sequence[str], stride: int) -> CacheWindowDataset:
-        return CacheWindowDataset(
-            self.cache_dir, self.arrays, self.cache.sequences_in(splits), self.window, stride
-        )
+    def _dataset(self, splits: Sequence[str], stride: int, only: str | None = None) -> CacheWindowDataset:
+        return CacheWindowDataset(self.cache_dir, self.arrays, self.cache.sequences_in(splits), self.window, stride,
+                                  only)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
-            self.datasets["train"] = self._dataset(self.train_splits, self.stride)
+            self.datasets["train"] = self._dataset(self.train_splits, self.stride, self.only)
             if len(self.datasets["train"]) == 0:
                 raise CacheError(
                     f"{self.cache_dir}: no training window of {self.window} frames in split(s) {self.train_splits}"
                 )
         if stage in ("fit", "validate", None):
-            self.datasets["val"] = self._dataset(["val"], self.eval_stride)
+            self.datasets["val"] = self._dataset(["val"], self.eval_stride, self.only)
         if stage in ("test", None):
-            self.datasets["test"] = self._dataset(["test"], self.eval_stride)
+            self.datasets["test"] = self._dataset(["test"], self.eval_stride, self.only)
         if stage in ("predict", None):
-            self.datasets["predict"] = self._dataset(SPLITS, self.eval_stride)
+            self.datasets["predict"] = self._dataset(SPLITS, self.eval_stride)  # every frame
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]

@@ -234,3 +234,41 @@ def test_frames_bigger_than_max_side_are_scaled_with_their_calibration_and_plate
     scores = score_prepared(cache, truth)
     assert scores["median_rotation_error_deg"] < 3.0, scores
     assert scores["median_reprojection_of_face_height"] < 0.02, scores
+
+
+def test_frames_without_a_face_are_said_and_never_taught(truth: CaptureCache, videos: list[Path], tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A clip whose face leaves the frame: prepare warns and marks those frames, and the head VAE and the re-render
+    U-Net train on the others only (the animator masks them through its features' validity already)."""
+    import logging
+
+    from avatar_lightning.video import iter_frames
+    from datamodules.head import HeadDataModule
+    from datamodules.rerender import RerenderDataModule
+
+    frames = np.stack(list(iter_frames(videos[0])))
+    gone = slice(10, 40)  # 30 frames of the training part: an empty room
+    frames[gone] = truth.read("cameras/frontal/clean_plate")
+    clip = write_video(tmp_path / "leaves.mp4", frames, truth.fps)
+    calibration = save_calibration(truth.cameras[:1], tmp_path / "frontal.json")
+    with caplog.at_level(logging.WARNING):
+        cache = prepare_capture([str(clip)], tmp_path / "leaves", PrepareOptions(
+            **{**SPLIT.__dict__, "calibration": str(calibration)}))
+    seen = cache.read("tracking/face_seen")
+    assert seen.dtype == bool and not seen[gone].any() and seen[:10].all() and seen[45:].all()
+    assert cache.manifest.meta["prepare"]["faces"]["frames_without_face"] == int((~seen).sum()) >= 30
+    assert any("no face in" in r.message and "leave them out" in r.message for r in caplog.records), caplog.text
+    head = HeadDataModule(str(cache.root))
+    head.setup("fit")
+    trained = set(head.datasets["train"].starts.tolist()) | set(head.datasets["val"].starts.tolist())
+    assert trained and not trained & set(np.flatnonzero(~seen).tolist())
+    head.setup("predict")
+    assert len(head.datasets["predict"]) == cache.num_frames  # encode still gives every frame a latent
+    everything = HeadDataModule(str(cache.root), faces_only=False)
+    everything.setup("fit")
+    assert len(everything.datasets["train"]) > len(head.datasets["train"])
+    assert main(["render-mesh", "--cache", str(cache.root), "--textures", "tracking", "--name", "tracking"]) == 0
+    rerender = RerenderDataModule(str(cache.root), run="tracking")
+    rerender.setup("fit")
+    used = {int(rerender.datasets["train"][i]["frame_index"]) for i in range(len(rerender.datasets["train"]))}
+    assert used and not used & set(np.flatnonzero(~seen).tolist())

@@ -98,3 +98,24 @@ def test_window_longer_than_every_training_sequence(tiny_cache: CaptureCache) ->
 def test_unknown_train_split() -> None:
     with pytest.raises(ValueError, match="unknown split"):
         CacheDataModule("unused", {"x": FEATURES}, train_splits=["training"])
+
+
+def test_windows_can_be_limited_to_marked_frames(tiny_cache: CaptureCache) -> None:
+    """``only``: a window holding one unmarked frame is left out of training, validation and test; predict keeps
+    every window; a cache without the array uses every frame."""
+    marked = np.ones(tiny_cache.num_frames, bool)
+    marked[[5, 44]] = False  # one frame of train_a, one of val
+    tiny_cache.write_array("tracking/face_seen", marked, stage="test", per_frame=True)
+    data = CacheDataModule(str(tiny_cache.root), {"x": FEATURES}, window=4, stride=1, eval_stride=1,
+                           only="tracking/face_seen")
+    data.setup()
+    for split in ("train", "val", "test"):
+        starts = data.datasets[split].starts
+        frames = starts[:, None] + np.arange(4)
+        assert marked[frames].all(), split
+    train = set(data.datasets["train"].starts.tolist())
+    assert {2, 3, 4, 5} & train == set() and {0, 1, 6} <= train  # 5 lies in the windows starting at 2..5
+    assert len(data.datasets["predict"]) == len(window_starts(tiny_cache.sequences, 4, 1))  # eval_stride 1
+    unmarked = CacheDataModule(str(tiny_cache.root), {"x": FEATURES}, window=4, only="tracking/absent")
+    unmarked.setup("fit")
+    assert len(unmarked.datasets["train"]) == len(window_starts(tiny_cache.sequences_in("train"), 4, 1))

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from avatar_lightning.cache.store import CaptureCache
 
 POSE = "tracking/pose"  # (N, 6) axis-angle + translation
+# (N,) bool: frames in which some camera saw the face (prepare). Pose, blend weights and textures of the other
+# frames are interpolated guesses: the head VAE and the re-render U-Net never train or validate on them. A cache
+# without it (synthetic actors: a face in every frame) counts every frame as seen.
+FACE_SEEN = "tracking/face_seen"
 BLEND_WEIGHTS = "tracking/blend_weights"  # (N, B)
 TEXTURES = "tracking/textures"  # (N, T, T, 3) uint8
 TEMPLATE_ARRAYS = ("vertices", "triangles", "uvs", "uv_triangles", "blend_basis")  # uv_triangles: optional (UV seams)

@@ -29,6 +29,7 @@ from avatar_lightning import __version__
 from avatar_lightning.cache.files import check_output_folder, staged_folder
 from avatar_lightning.cache.layout import (
     BLEND_WEIGHTS,
+    FACE_SEEN,
     POSE,
     TEXTURES,
     clean_plate_array,
@@ -229,6 +230,26 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
     return report
 
 
+def warn_unseen_faces(seen: np.ndarray, fps: float) -> None:
+    """Say how many frames show no face to any camera, and where the longest gap is: their pose, blend weights and
+    textures are interpolated guesses, which the head VAE and the re-render U-Net then never train on."""
+    missing = int((~seen).sum())
+    if not missing:
+        return
+    gaps = _runs(~seen)
+    first, last = max(gaps, key=lambda run: run[1] - run[0])
+    log.warning("no face in %d of %d frames (%.0f %%; the longest gap: frames %d-%d, %.1f s): their tracking and "
+                "textures are interpolated, so the head VAE and the re-render U-Net leave them out "
+                "(tracking/face_seen)", missing, len(seen), 100 * missing / len(seen), first, last - 1,
+                (last - first) / fps)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
 def fit_report(fit: FitResult, names: Sequence[str]) -> dict[str, Any]:
     """Reprojection error per camera (median px and share of the face height) and frame counts."""
     per_camera = {}
@@ -313,6 +334,8 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                                "uv_triangles": t.uv_triangles, "blend_basis": template.blend_basis}, STAGE)
         for name, array in ((POSE, fit.pose), (BLEND_WEIGHTS, fit.blend_weights)):
             cache.write_array(name, array.astype(np.float32), stage=STAGE, per_frame=True)
+        cache.write_array(FACE_SEEN, fit.fitted, stage=STAGE, per_frame=True)
+        warn_unseen_faces(fit.fitted, info.fps)
 
         mesh = load_template(cache)
         unseen_texels = extract_textures(cache, names, records, mesh, fit, options.texture_size, options.chunk,
@@ -323,7 +346,8 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                        "scaled_from": [list(size) for size in info.source_sizes] or None},
             "calibration": {"estimated": calibration.estimated, **calibration.report},
             "template": {"camera": names[k], "frames_in_neutral": template.frames_used},
-            "faces": {name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)},
+            "faces": {"frames_without_face": int((~fit.fitted).sum()),  # in every camera: left out of training
+                      **{name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)}},
             "fit": fit_report(fit, names),
             "textures": {"size": options.texture_size, "never_seen_texel_fraction": round(unseen_texels, 4)},
             "clean_plates": plates,
