@@ -118,6 +118,21 @@ def test_unshuffled_unet_still_gives_every_output_pixel_its_own_value() -> None:
     assert loss.item() < 1e-3  # a constant or any blurred output scores 0.25
 
 
+def test_unshuffled_unet_starts_without_a_dotted_pattern() -> None:
+    """ICNR: at initialisation every 2x2 block of the head's shuffled output is one value (nearest-neighbour
+    upsampling of the half-resolution map), so no 2-pixel dotting is drawn before training has undone it."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=3, out_channels=6, depth=2, width=8, unshuffle=2).eval()
+    assert net.refine is not None
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 32, 32))  # the refine convolution starts at zero: this is the head's output
+    blocks = out.unflatten(2, (16, 2)).unflatten(4, (16, 2))  # (B, C, 16, 2, 16, 2)
+    spread = (blocks - blocks.mean(dim=(3, 5), keepdim=True)).abs().max()
+    assert spread < 1e-6 and out.std() > 1e-3  # constant within each block, not across the image
+    plain = UNet(in_channels=3, out_channels=6, depth=2, width=8, unshuffle=1)  # nothing to shuffle: untouched
+    assert plain.head.out_channels == 6
+
+
 def test_unet_rejects_a_bad_unshuffle() -> None:
     with pytest.raises(ValueError, match="unshuffle"):
         UNet(unshuffle=0)

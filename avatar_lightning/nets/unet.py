@@ -29,6 +29,17 @@ class ConvBlock(nn.Sequential):
         )
 
 
+def _icnr_(conv: nn.Conv2d, factor: int) -> None:
+    """Give the ``factor``² output channels that pixel-shuffle into one block the same initial weights and bias
+    (pixel-shuffle puts output channel ``c * factor² + k`` at position ``k`` of channel ``c``'s block)."""
+    with torch.no_grad():
+        channels = conv.out_channels // factor**2
+        seed = nn.Conv2d(conv.in_channels, channels, conv.kernel_size)  # the layer's default initialisation
+        conv.weight.copy_(seed.weight.repeat_interleave(factor**2, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(seed.bias.repeat_interleave(factor**2))
+
+
 class UNet(nn.Module):
     """Encoder-decoder with skip connections at every level and a 1x1 convolution head.
 
@@ -45,7 +56,10 @@ class UNet(nn.Module):
     A pixel-shuffled output is made of 2x2 blocks, each from one position of the half-resolution features; early
     in training that shows as blockiness (lower SSIM at equal PSNR, ``benchmarks/quality_at_equal_time.py``). So a
     3x3 convolution at full resolution over the shuffled output and the input adds a correction (zero at
-    initialisation: the network starts as the plain unshuffled one), for about 1 % of the FLOPs.
+    initialisation: the network starts as the plain unshuffled one), for about 1 % of the FLOPs. And the head is
+    initialised ICNR-style (Aitken et al. 2017, "Checkerboard artifact free sub-pixel convolution"): the
+    ``unshuffle``² outputs that fill one block start with the same weights, so the first output is the coarse one
+    upsampled by nearest neighbour, not a 2-pixel dotted pattern that training must first undo.
 
     Args:
         in_channels: input channels (3: I_orig; 4: I_orig plus its coverage mask).
@@ -73,6 +87,8 @@ class UNet(nn.Module):
         self.down.extend(ConvBlock(widths[i - 1], widths[i], norm) for i in range(1, depth + 1))
         self.up = nn.ModuleList(ConvBlock(widths[i + 1] + widths[i], widths[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels * unshuffle**2, 1)
+        if unshuffle > 1:
+            _icnr_(self.head, unshuffle)
         self.refine = nn.Conv2d(out_channels + in_channels, out_channels, 3, padding=1) if unshuffle > 1 else None
         if self.refine is not None:
             nn.init.zeros_(self.refine.weight)
