@@ -190,3 +190,31 @@ def test_encode_refuses_missing_or_foreign_checkpoints(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CacheError, match="not a HeadVAE checkpoint"):
         load_head_vae(tmp_path / "foreign.ckpt")
+
+
+def test_mean_texture_starts_at_the_persons_mean_and_travels_with_the_checkpoint(synthetic_tiny: CaptureCache,
+                                                                                 tmp_path: Path) -> None:
+    """``mean_texture``: a fresh fit measures the training frames' mean texture; before the decoder has learned
+    anything every latent decodes to it (not to grey); the checkpoint keeps it; the default model has no such buffer,
+    so checkpoints made before it load as they did."""
+    torch.manual_seed(0)
+    model = HeadVAE(latent_dim=8, width=4, lr=1e-12, perceptual_weight=0.0, adversarial_weight=0.0,
+                    mean_texture=True)
+    data = HeadDataModule(str(synthetic_tiny.root), batch_size=4)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in synthetic_tiny.sequences_in("train")])
+    picks = np.unique(np.linspace(0, len(train) - 1, min(256, len(train))).round().astype(int))
+    mean = synthetic_tiny.read("tracking/textures")[train[picks]].astype(np.float64).mean(0) / 255  # (T, T, 3)
+    with torch.no_grad():
+        texture, _ = model.eval().decode(torch.randn(3, 8))
+    decoded = texture.permute(0, 2, 3, 1).numpy()
+    assert np.abs(decoded - np.clip(mean, 0.01, 0.99)).max() < 1e-3
+    path = tmp_path / "mean.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = load_head_vae(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(torch.zeros(1, 8))[0], model.decode(torch.zeros(1, 8))[0])
+    plain = HeadVAE(texture_size=64, num_blend_shapes=17, latent_dim=8, width=4, perceptual_weight=0.0,
+                    adversarial_weight=0.0)
+    assert not plain.vae.decoder.mean_texture and "mean_logit" not in dict(plain.vae.decoder.named_buffers())

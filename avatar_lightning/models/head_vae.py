@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,6 +53,9 @@ class HeadVAE(pl.LightningModule):
         sample_latent: draw z ~ N(mu, sigma^2) in training, the VAE (default); False decodes mu, a deterministic
             auto-encoder regularised by the KL term, whose fit depends only on which frames each step sees (the
             DDP test compares two processes with one this way: their noise draws cannot be the same).
+        mean_texture: the decoder adds its texture to the person's mean texture, measured on the training frames
+            when a fit starts (``nets.head_vae.HeadDecoder``); False (the checkpoints made before it) decodes the
+            whole texture from z.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class HeadVAE(pl.LightningModule):
         discriminator_width: int = 32,
         channels_last: bool = True,
         sample_latent: bool = True,
+        mean_texture: bool = False,
     ) -> None:
         super().__init__()
         if adversarial_loss not in ("hinge", "lsgan"):
@@ -99,7 +104,8 @@ class HeadVAE(pl.LightningModule):
     def _build(self, texture_size: int, num_blend_shapes: int) -> None:
         self.hparams.texture_size, self.hparams.num_blend_shapes = texture_size, num_blend_shapes
         self.vae = HeadVAENet(texture_size, num_blend_shapes, self.hparams.latent_dim, self.hparams.width,
-                              channels_last=self.hparams.get("channels_last", True))
+                              channels_last=self.hparams.get("channels_last", True),
+                              mean_texture=self.hparams.get("mean_texture", False))
         if self.hparams.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(self.hparams.discriminator_layers, self.hparams.discriminator_width)
 
@@ -115,6 +121,20 @@ class HeadVAE(pl.LightningModule):
                 f"the cache holds textures of {sizes[0]}^2 and {sizes[1]} blend shapes but this model was built for "
                 f"{self.hparams.texture_size}^2 and {self.hparams.num_blend_shapes}"
             )
+
+    def on_fit_start(self) -> None:
+        """A fresh fit with ``mean_texture`` measures the person's mean texture on (up to 256 evenly spaced)
+        training frames; a resumed one keeps the checkpoint's."""
+        decoder = self.vae.decoder
+        if not decoder.mean_texture or int(self.generator_steps) > 0:
+            return
+        dataset = self.trainer.datamodule.datasets["train"]
+        picks = np.unique(np.linspace(0, len(dataset) - 1, min(256, len(dataset))).round().astype(int))
+        total = torch.zeros_like(decoder.mean_logit[0], dtype=torch.float64)
+        for index in picks:
+            total += dataset[int(index)]["texture"][0].permute(2, 0, 1).double() / 255
+        mean = (total / len(picks)).clamp(0.01, 0.99)
+        decoder.mean_logit.copy_(torch.logit(mean).to(decoder.mean_logit)[None])
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (0.5, 0.999)

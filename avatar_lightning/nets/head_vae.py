@@ -56,10 +56,17 @@ class HeadEncoder(nn.Module):
 
 
 class HeadDecoder(nn.Module):
-    """z -> (texture, blend weights): the avatar's appearance and geometry from one latent vector."""
+    """z -> (texture, blend weights): the avatar's appearance and geometry from one latent vector.
+
+    With ``mean_texture`` the texture is the person's mean texture plus what the convolutions add (in logits:
+    ``sigmoid(mean_logit + conv(z))``, the last convolution starting at zero). Why: decoded from a 4x4 code alone,
+    most of the early training goes into drawing the static face, and what moves (mouth, eyes, brows) is a small
+    change on top that an L1 loss learns last: a short fit decodes every latent to nearly the same face.
+    ``mean_logit`` is a buffer the training system fills from the data (``models.head_vae``).
+    """
 
     def __init__(self, texture_size: int, num_blend_shapes: int, latent_dim: int, width: int = 32,
-                 max_width: int = 256) -> None:
+                 max_width: int = 256, mean_texture: bool = False) -> None:
         super().__init__()
         levels = _check_texture_size(texture_size)
         top = _channels(levels, width, max_width)
@@ -70,13 +77,24 @@ class HeadDecoder(nn.Module):
             cin, cout = _channels(level + 1, width, max_width), _channels(level, width, max_width)
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1),
                        nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
-        self.texture = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())
+        self.mean_texture = mean_texture
+        if mean_texture:
+            out = nn.Conv2d(width, 3, 3, padding=1)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.texture = nn.Sequential(*layers, out)
+            self.register_buffer("mean_logit", torch.zeros(1, 3, texture_size, texture_size))
+        else:
+            self.texture = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())
         self.blend = nn.Sequential(nn.Linear(latent_dim, 128), nn.LeakyReLU(0.2), nn.Linear(128, num_blend_shapes))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``z (B, Z)`` -> ``texture (B, 3, T, T)`` in [0, 1] and ``blend_weights (B, K)``."""
         h = self.fc(z).view(z.shape[0], self.top_channels, 4, 4)  # not len(z): an int fixes the batch in torch.export
-        return self.texture(h), self.blend(z)
+        texture = self.texture(h)
+        if self.mean_texture:
+            texture = torch.sigmoid(texture + self.mean_logit)
+        return texture, self.blend(z)
 
 
 class HeadVAENet(nn.Module):
@@ -88,11 +106,11 @@ class HeadVAENet(nn.Module):
     """
 
     def __init__(self, texture_size: int = 128, num_blend_shapes: int = 17, latent_dim: int = 64, width: int = 32,
-                 max_width: int = 256, channels_last: bool = True) -> None:
+                 max_width: int = 256, channels_last: bool = True, mean_texture: bool = False) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.encoder = HeadEncoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
-        self.decoder = HeadDecoder(texture_size, num_blend_shapes, latent_dim, width, max_width)
+        self.decoder = HeadDecoder(texture_size, num_blend_shapes, latent_dim, width, max_width, mean_texture)
         if channels_last:  # activations follow: a convolution with channels-last weights outputs channels-last
             self.to(memory_format=torch.channels_last)
 

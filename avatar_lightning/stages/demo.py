@@ -219,6 +219,10 @@ def _write_readme(report: Path, timings: dict[str, float], total: float, animati
         f"Exported avatar: `{best.parent.name}/{best.name}` ({evaluation.chosen.candidate.label}), chosen as "
         f"{SELECTION_RULE}.", "",
         "## Held-out sequence (the actor's own test sequence; images of the full rendering)", "", table, "",
+        *(["## Self-reenactment: where motion is lost", "", evaluation.ladder.markdown(),
+           f"Video (real | avatar | reference): `{evaluation.ladder.video.name}`; the person's extreme frames beside "
+           f"the avatar's: `{evaluation.ladder.contact_sheet.name}`.", ""]
+          if evaluation.ladder is not None and evaluation.ladder.video is not None else []),
         "## Cross-identity (synthetic drivers of known expression)", "", cross, "",
         "## Transfer, measured on the videos", "", transfer, "",
         *(["## Transfer of every grid cell on real drivers", "", grid_transfer, ""] if grid_transfer else []),
