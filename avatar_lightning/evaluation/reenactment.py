@@ -276,14 +276,14 @@ def write_contact_sheet(picks: Sequence[tuple[str, int]], frames: dict[int, dict
 
 
 def _labelled_row(images: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
-    """Images side by side, each with its label written in its top-left corner."""
+    """Images side by side, each with its label in white on a dark band along its top edge."""
     out = []
     for image, label in zip(images, labels, strict=True):
         image = np.ascontiguousarray(image).copy()
-        scale = max(0.35, image.shape[0] / 700)
-        cv2.putText(image, label, (6, int(18 * scale / 0.5)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 2,
-                    cv2.LINE_AA)
-        cv2.putText(image, label, (6, int(18 * scale / 0.5)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        scale = max(0.3, image.shape[0] / 1000)
+        (width, height), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        band = height + base + 6
+        image[:band, : width + 8] = (image[:band, : width + 8] * 0.35).astype(np.uint8)
+        cv2.putText(image, label, (4, height + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
         out.append(image)
     return np.concatenate(out, axis=1)
