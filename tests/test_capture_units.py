@@ -167,10 +167,40 @@ def test_clean_plate_is_the_background_behind_a_moving_head() -> None:
     assert still.unseen_fraction == pytest.approx(masks[0].mean())
 
 
+def test_clean_plate_keeps_a_still_torso_and_says_what_the_head_hid() -> None:
+    """A monocular clip: the torso under the chin never moves (background, however often the neck mask hides it);
+    the head sways a little, so the strip it always covers was never seen: inpainted and reported."""
+    rng = np.random.default_rng(6)
+    background = rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)
+    torso = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)  # a patterned shirt and tie, held still
+    frames, masks, heads = [], [], []
+    for k in range(12):
+        frame = background.copy()
+        frame[40:60, 15:45] = torso
+        x = 28 + (k % 3)  # the head sways by two pixels
+        frame[8:34, x - 8 : x + 8] = rng.integers(90, 200, (26, 16, 3))  # a face that keeps changing
+        head = np.zeros((60, 60), bool)
+        head[6:36, x - 10 : x + 10] = True
+        mask = head.copy()
+        mask[36:60, 12:48] = True  # the neck extension reaches over the torso
+        frames.append(frame)
+        masks.append(mask)
+        heads.append(head)
+    estimate = estimate_plate(np.stack(frames), np.stack(masks), np.stack(heads))
+    np.testing.assert_array_equal(estimate.plate[40:60, 15:45], torso)  # the torso, as itself
+    assert estimate.static_fraction > 0
+    hidden = np.stack(heads).all(0)
+    assert estimate.unseen_fraction == pytest.approx(hidden.mean())  # only what the head always covered
+    before = estimate_plate(np.stack(frames), np.stack(masks))  # without the distinction: an inpainted patch
+    assert not np.array_equal(before.plate[40:60, 15:45], torso) and before.unseen_fraction > estimate.unseen_fraction
+
+
 def test_head_mask_covers_the_face_and_more() -> None:
     face = np.array([[20.0, 20], [40, 20], [40, 45], [20, 45]])
     mask = head_mask(face, 80, 100)
     assert mask[20:45, 20:40].all() and mask.sum() > 2 * 20 * 25 and not mask[:, :5].any()
+    without_neck = head_mask(face, 80, 100, neck=False)
+    assert (without_neck <= mask).all() and mask[55:, :].any() and not without_neck[55:, :].any()
 
 
 def test_bad_clean_plate_files(tmp_path: Path) -> None:

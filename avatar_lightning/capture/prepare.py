@@ -218,10 +218,12 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
                 verts = mesh.deform(torch.from_numpy(fit.blend_weights[rows]), torch.from_numpy(fit.pose[rows]))
                 pixels, _ = Cameras.from_dict(record).project_to_pixels(verts.float())
             masks = np.stack([head_mask(p, record.width, record.height) for p in pixels.numpy()])
-            estimate = estimate_plate(np.asarray(cache.array(frames_array(name))[rows]), masks)
+            heads = np.stack([head_mask(p, record.width, record.height, neck=False) for p in pixels.numpy()])
+            estimate = estimate_plate(np.asarray(cache.array(frames_array(name))[rows]), masks, heads)
             plate = estimate.plate
             report[name] = {"source": "temporal median of sampled frames with the head masked out",
-                            "frames": estimate.frames_used, "never_seen_fraction": round(estimate.unseen_fraction, 4)}
+                            "frames": estimate.frames_used, "never_seen_fraction": round(estimate.unseen_fraction, 4),
+                            "still_below_the_face_fraction": round(estimate.static_fraction, 4)}
             if estimate.unseen_fraction > 0:
                 log.warning("camera %s: %.1f %% of the clean plate was never seen behind the head and is inpainted; "
                             "pass --clean-plate with a frame of the empty scene for a better one", name,
