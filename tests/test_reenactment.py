@@ -112,6 +112,7 @@ def test_the_ladder_finds_a_loss_where_it_was_injected(actor: CaptureCache, tmp_
     base = mouth(clean)
     assert base["tracked mesh/tracking"] > 0.6 and all(v > 0.6 for v in base.values()), base
     assert clean.rungs[0].summary()["mouth_open_pearson"] > 0.8
+    assert clean.rungs[1].summary()["texture_r2"] == pytest.approx(1.0)  # the exact decoder: every texture
     assert clean.video is not None and clean.video.stat().st_size > 0 and clean.contact_sheet.stat().st_size > 0
     assert {r["rung"] for r in clean.to_json()["rungs"]} == set(reenactment.RUNGS)
     assert "| head VAE | reference |" in clean.markdown()

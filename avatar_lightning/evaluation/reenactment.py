@@ -18,7 +18,8 @@ I_out           FaceMesh on the final frame (re-render U-Net, composited over th
 
 I_orig and I_out are given for both latents: the animator's, and the reference's (what the animator is trained to
 reproduce). Beside the decoder rungs, the spread over the tail of the decoded blend weights and UV textures relative
-to the tracked ones (1 = as varied as the tracking; a decoder that pulls towards its mean face gives much less).
+to the tracked ones (1 = as varied as the tracking; a decoder that pulls towards its mean face gives much less), and
+the share of the tracked textures' variation the decoded ones reproduce (texture R²).
 
 The video shows the real frame, the avatar's frame (animator) and the reference's, side by side; the contact sheet
 the frames where the person's mouth is widest, eyes widest and most closed, and brows highest, with the avatar's
@@ -101,14 +102,16 @@ class Ladder:
                  f"camera `{self.camera}`), every rung's expression measures against FaceMesh on the real frames. "
                  "Pearson: in step (1 best); amplitude: the rung's spread of each measure over the real one's (median "
                  "over measures; 1 = as lively, 0 = frozen); spread: decoded blend weights / UV textures over the "
-                 "tracked ones.", "",
+                 "tracked ones; texture R²: the share of the tracked textures' variation over the tail the decoded "
+                 "ones reproduce (0 = no better than their mean).", "",
                  "| rung | latents | mean Pearson | mouth Pearson | amplitude | mouth amplitude | blend spread | "
-                 "texture spread |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+                 "texture spread | texture R² |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for rung in self.rungs:
             s = rung.summary()
             lines.append(f"| {rung.name} | {rung.latents} | {fmt(s['mean_pearson'])} | "
                          f"{fmt(s['mouth_open_pearson'])} | {fmt(s['amplitude'])} | {fmt(s['mouth_open_amplitude'])} | "
-                         f"{fmt(s.get('blend_spread'))} | {fmt(s.get('texture_spread'))} |")
+                         f"{fmt(s.get('blend_spread'))} | {fmt(s.get('texture_spread'))} | "
+                         f"{fmt(s.get('texture_r2'))} |")
         return "\n".join(lines) + "\n"
 
 
@@ -125,17 +128,29 @@ def spread_ratio(values: np.ndarray, reference: np.ndarray) -> float:
 
 
 class _TextureSpread:
-    """The spread ratio of decoded against tracked UV textures, accumulated chunk by chunk (memory flat)."""
+    """Decoded against tracked UV textures, accumulated chunk by chunk (memory flat): the spread ratio, and the
+    share of the tracked textures' variation over the tail that the decoded ones reproduce (R², 1 = all of it,
+    0 = no better than the tail's mean texture). The tracked textures carry noise too, so the spread alone can
+    mislead: a decoder that reproduces only the expression's share of it scores a spread below 1 and a good R²."""
 
     def __init__(self) -> None:
         self.sums: dict[str, list[np.ndarray | int]] = {}
+        self.errors: dict[str, float] = {}
 
-    def add(self, name: str, textures: np.ndarray) -> None:
+    def add(self, name: str, textures: np.ndarray, tracked: np.ndarray | None = None) -> None:
         x = np.asarray(textures, np.float64).reshape(len(textures), -1)
         entry = self.sums.setdefault(name, [np.zeros(x.shape[1]), np.zeros(x.shape[1]), 0])
         entry[0] += x.sum(0)
         entry[1] += (x**2).sum(0)
         entry[2] += len(x)
+        if tracked is not None:
+            error = ((x - np.asarray(tracked, np.float64).reshape(len(tracked), -1)) ** 2).sum()
+            self.errors[name] = self.errors.get(name, 0.0) + float(error)
+
+    def r2(self, name: str, reference: str = "tracked") -> float:
+        total, squares, count = self.sums[reference]
+        variation = float((squares - total**2 / count).sum())
+        return 1 - self.errors[name] / variation if variation > 0 else float("nan")
 
     def std(self, name: str) -> float:
         total, squares, count = self.sums[name]
@@ -201,14 +216,15 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
         for start in range(0, len(rows), chunk):
             part = slice(start, start + chunk)
             real_part = np.asarray(real_frames[rows[part]])
-            textures.add("tracked", np.asarray(tracked_textures[rows[part]], np.float32) / 255)
+            tracked_part = np.asarray(tracked_textures[rows[part]], np.float32) / 255
+            textures.add("tracked", tracked_part)
             panels = {"real": real_part}
             for name, z in (("animator", z_animator), ("reference", z_reference)):
                 z_part = torch.from_numpy(z[part])
                 with torch.no_grad():
                     texture, blend = head_vae.decode(z_part)
                 decoded_blend[name].append(blend.numpy())
-                textures.add(name, texture.permute(0, 2, 3, 1).numpy())
+                textures.add(name, texture.permute(0, 2, 3, 1).numpy(), tracked_part)
                 layers = renderer.render_layers(z_part, list(range(start, start + len(z_part))), poses=poses[part])
                 streams[f"{name} I_orig"].push(layers.i_orig)
                 streams[f"{name} I_out"].push(layers.i_out)
@@ -232,10 +248,10 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
         Rung("tracked mesh", "tracking", score(mesh_measures(mesh, tracked_blend))),
         Rung("head VAE", "reference", score(mesh_measures(mesh, blends["reference"])),
              {"blend_spread": spread_ratio(blends["reference"], tracked_blend),
-              "texture_spread": textures.ratio("reference")}),
+              "texture_spread": textures.ratio("reference"), "texture_r2": textures.r2("reference")}),
         Rung("animator", "animator", score(mesh_measures(mesh, blends["animator"])),
              {"blend_spread": spread_ratio(blends["animator"], tracked_blend),
-              "texture_spread": textures.ratio("animator")}),
+              "texture_spread": textures.ratio("animator"), "texture_r2": textures.r2("animator")}),
         Rung("I_orig", "reference", score(measures["reference I_orig"])),
         Rung("I_out", "reference", score(measures["reference I_out"])),
         Rung("I_orig", "animator", score(measures["animator I_orig"])),

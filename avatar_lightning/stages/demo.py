@@ -29,6 +29,13 @@ from avatar_lightning.features.extract import RELATIVE_CHOICES
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # Offline everywhere; DECA needs the user's weights.
 FEATURE_CHOICES = ("mediapipe", "mediapipe_blendshapes", "tracked_blend")
+# A real capture's frames are prepared with their longer side at this size: the self-reenactment goals are set at
+# 256^2, and the re-render U-Net, the renderings and the scores cost a quarter of what 512^2 would, so the demo's
+# budget buys four times the training steps. A user with hours (or a GPU) prepares at full size (README).
+CAPTURE_SIZE = 256
+# Training budgets in minutes (head VAE, re-render U-Net): the synthetic actor's, and a real capture's, which needs
+# many more steps to learn a real face (demo --capture stays within 30 minutes on a 2-core CPU).
+SYNTHETIC_MINUTES, CAPTURE_MINUTES = (2.5, 2.0), (8.0, 8.0)
 
 
 def grid(features: str) -> list[str]:
@@ -84,8 +91,10 @@ def _score_transfer(driving: Path, animation: Any, out: Path) -> Any:
     return score
 
 
-def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool) -> None:
-    """The actor's cache: the synthetic one, or a real capture through ``prepare`` (reused when already made)."""
+def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool,
+           capture_size: int = CAPTURE_SIZE) -> None:
+    """The actor's cache: the synthetic one, or a real capture through ``prepare`` at ``capture_size`` pixels
+    (reused when an earlier run prepared the same videos at that size)."""
     if not capture:
         from avatar_lightning.synth.generate import generate
 
@@ -95,9 +104,10 @@ def _actor(actor_dir: Path, preset: str, capture: Sequence[str], overwrite: bool
 
     if (actor_dir / "manifest.json").exists():
         meta = CaptureCache(actor_dir).manifest.meta
-        if meta.get("complete") and meta.get("sources") == list(capture) and not overwrite:
+        size = meta.get("prepare", {}).get("frames", {}).get("max_side")
+        if meta.get("complete") and meta.get("sources") == list(capture) and size == capture_size and not overwrite:
             return  # this capture was prepared by an earlier run
-    prepare_capture(list(capture), actor_dir, PrepareOptions(overwrite=overwrite))
+    prepare_capture(list(capture), actor_dir, PrepareOptions(overwrite=overwrite, max_side=capture_size))
 
 
 # Test frames rendered per camera and candidate for the image metrics: 20 x 3 cameras x 9 candidates keeps the
@@ -107,7 +117,8 @@ DEMO_IMAGE_FRAMES = 20
 
 def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: float, animator_steps: int,
              identity: int = 1, overwrite: bool = False, capture: Sequence[str] = (),
-             features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = ()) -> Path:
+             features: str = "mediapipe", relative: str = "sequence", drivers: Sequence[str | Path] = (),
+             capture_size: int = CAPTURE_SIZE) -> Path:
     """Run the chain into ``out``; returns the report folder. ``capture``: a real actor's videos for ``prepare``."""
     from avatar_lightning.avatar.animate import animate_video
     from avatar_lightning.avatar.folder import export_avatar, load_avatar
@@ -126,7 +137,7 @@ def run_demo(out: Path, preset: str, head_vae_minutes: float, rerender_minutes: 
     step = Steps()
     total_start = time.perf_counter()
     actor_step = f"prepare actor ({len(capture)} camera(s))" if capture else f"synth actor ({preset})"
-    step(actor_step, lambda: _actor(actor_dir, preset, capture, overwrite))
+    step(actor_step, lambda: _actor(actor_dir, preset, capture, overwrite, capture_size))
     actor = CaptureCache(actor_dir)
     recorded = actor.manifest.meta.get("features", {}).get(features, {})
     if not actor.has(feature_array(features)) or recorded.get("relative") != relative:
@@ -243,8 +254,12 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", default="demo", help="output folder (default demo/)")
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
                         help="synthetic preset (default demo: 160^2, 60 s of training)")
-    parser.add_argument("--head-vae-minutes", type=float, default=2.5)
-    parser.add_argument("--rerender-minutes", type=float, default=2.0)
+    parser.add_argument("--head-vae-minutes", type=float,
+                        help=f"head VAE training budget (default {SYNTHETIC_MINUTES[0]:g}; with --capture "
+                             f"{CAPTURE_MINUTES[0]:g})")
+    parser.add_argument("--rerender-minutes", type=float,
+                        help=f"re-render U-Net training budget (default {SYNTHETIC_MINUTES[1]:g}; with --capture "
+                             f"{CAPTURE_MINUTES[1]:g})")
     parser.add_argument("--animator-steps", type=int, default=1500, help="steps per grid cell (paper: 15 000)")
     parser.add_argument("--identity", type=int, default=1, help="the synthetic identity that drives the avatar")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic captures made with other settings")
@@ -260,8 +275,14 @@ def main(argv: Sequence[str]) -> int:
                         help="a real actor's synchronised camera videos (PATH or PATH@x,y,w,h, as prepare takes) "
                              "instead of the synthetic actor; the driver stays synthetic (its truth gives the "
                              "cross-identity scores)")
+    parser.add_argument("--capture-size", type=int, default=CAPTURE_SIZE, metavar="PIXELS",
+                        help="with --capture: prepare the frames with this longer side (default %(default)s)")
     args = parser.parse_args(argv)
-    run_demo(Path(args.out), args.preset, args.head_vae_minutes, args.rerender_minutes, args.animator_steps,
-             args.identity, args.overwrite, args.capture, args.features,
-             args.relative or ("sequence" if args.features == "mediapipe" else "none"), args.drivers)
+    if args.capture_size < 64:
+        parser.error(f"--capture-size must be at least 64 pixels, got {args.capture_size}")
+    minutes = CAPTURE_MINUTES if args.capture else SYNTHETIC_MINUTES
+    run_demo(Path(args.out), args.preset, args.head_vae_minutes or minutes[0], args.rerender_minutes or minutes[1],
+             args.animator_steps, args.identity, args.overwrite, args.capture, args.features,
+             args.relative or ("sequence" if args.features == "mediapipe" else "none"), args.drivers,
+             args.capture_size)
     return 0
