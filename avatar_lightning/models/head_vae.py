@@ -56,6 +56,10 @@ class HeadVAE(pl.LightningModule):
         mean_texture: the decoder adds its texture to the person's mean texture, measured on the training frames
             when a fit starts (``nets.head_vae.HeadDecoder``); False (the checkpoints made before it) decodes the
             whole texture from z.
+        motion_weight: weights the texture L1 towards the texels that change over the capture (eyes, mouth, brows):
+            ``1 + motion_weight * s / mean(s)`` for a texel's temporal standard deviation ``s`` over the training
+            frames, normalised to a mean of 1 (0: every texel alike). Why: they cover a few percent of the texture,
+            so an L1 averaged over all of it teaches the static face first and the expression last.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class HeadVAE(pl.LightningModule):
         channels_last: bool = True,
         sample_latent: bool = True,
         mean_texture: bool = False,
+        motion_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if adversarial_loss not in ("hinge", "lsgan"):
@@ -94,6 +99,9 @@ class HeadVAE(pl.LightningModule):
         # Generator updates so far, saved with the weights so warm-ups resume where they stopped (Lightning's
         # global_step counts the steps of both optimisers).
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        # The texture L1's per-texel weight, (1, 1, T, T) once measured when a fit starts (``motion_weight``; a
+        # resumed fit measures the same frames again), 1 everywhere until then. Training only: not in checkpoints.
+        self.register_buffer("texel_weight", torch.ones(1, 1, 1, 1), persistent=False)
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{name}": metric(data_range=1.0)
             for stage in ("val", "test")
@@ -123,18 +131,32 @@ class HeadVAE(pl.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """A fresh fit with ``mean_texture`` measures the person's mean texture on (up to 256 evenly spaced)
-        training frames; a resumed one keeps the checkpoint's."""
+        """The person's mean texture (``mean_texture``, a fresh fit: a resumed one keeps the checkpoint's) and each
+        texel's spread (``motion_weight``, every fit) on up to 256 evenly spaced training frames."""
         decoder = self.vae.decoder
-        if not decoder.mean_texture or int(self.generator_steps) > 0:
+        motion = self.hparams.get("motion_weight", 0.0)
+        fresh = int(self.generator_steps) == 0
+        if not (decoder.mean_texture and fresh) and not motion:
             return
+        mean, std = self._texture_statistics()
+        if decoder.mean_texture and fresh:
+            decoder.mean_logit.copy_(torch.logit(mean.clamp(0.01, 0.99)).to(decoder.mean_logit)[None])
+        if motion:
+            spread = std.mean(0)  # (T, T): over the three channels
+            weight = 1 + motion * spread / spread.mean().clamp_min(1e-8)
+            self.texel_weight = (weight / weight.mean()).to(self.texel_weight)[None, None]
+
+    def _texture_statistics(self, samples: int = 256) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation ``(3, T, T)`` over evenly spaced training frames' textures in [0, 1]."""
         dataset = self.trainer.datamodule.datasets["train"]
-        picks = np.unique(np.linspace(0, len(dataset) - 1, min(256, len(dataset))).round().astype(int))
-        total = torch.zeros_like(decoder.mean_logit[0], dtype=torch.float64)
+        picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
+        total = squares = None
         for index in picks:
-            total += dataset[int(index)]["texture"][0].permute(2, 0, 1).double() / 255
-        mean = (total / len(picks)).clamp(0.01, 0.99)
-        decoder.mean_logit.copy_(torch.logit(mean).to(decoder.mean_logit)[None])
+            texture = dataset[int(index)]["texture"][0].permute(2, 0, 1).double() / 255
+            total = texture if total is None else total + texture
+            squares = texture**2 if squares is None else squares + texture**2
+        mean = total / len(picks)
+        return mean, (squares / len(picks) - mean**2).clamp_min(0).sqrt()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (0.5, 0.999)
@@ -167,7 +189,7 @@ class HeadVAE(pl.LightningModule):
         self, texture: Tensor, blend: Tensor, recon: Tensor, blend_out: Tensor, mu: Tensor, log_var: Tensor
     ) -> dict[str, Tensor]:
         losses = {
-            "texture_l1": F.l1_loss(recon, texture),
+            "texture_l1": ((recon - texture).abs() * self.texel_weight).mean(),  # plain L1 where the weight is 1
             "blend_mse": F.mse_loss(blend_out, blend),
             "kl": -0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=1)),
         }
