@@ -218,3 +218,26 @@ def test_mean_texture_starts_at_the_persons_mean_and_travels_with_the_checkpoint
     plain = HeadVAE(texture_size=64, num_blend_shapes=17, latent_dim=8, width=4, perceptual_weight=0.0,
                     adversarial_weight=0.0)
     assert not plain.vae.decoder.mean_texture and "mean_logit" not in dict(plain.vae.decoder.named_buffers())
+
+
+def test_motion_weight_leans_the_texture_loss_towards_what_moves(synthetic_tiny: CaptureCache, tmp_path: Path) -> None:
+    """``motion_weight``: each texel's L1 weight grows with its spread over the training frames (mean 1); at 0 the
+    loss is the plain L1; the weight is measured again when a fit resumes, not saved."""
+    torch.manual_seed(0)
+    model = HeadVAE(latent_dim=8, width=4, lr=1e-12, perceptual_weight=0.0, adversarial_weight=0.0,
+                    motion_weight=4.0)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=HeadDataModule(str(synthetic_tiny.root), batch_size=4))
+    weight = model.texel_weight[0, 0].numpy()
+    assert weight.shape == (64, 64) and weight.mean() == pytest.approx(1.0, rel=1e-5)
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in synthetic_tiny.sequences_in("train")])
+    spread = (synthetic_tiny.read("tracking/textures")[train].astype(np.float64) / 255).std(0).mean(-1)
+    assert np.corrcoef(weight.ravel(), spread.ravel())[0, 1] > 0.95  # the texels that move weigh most
+    assert weight.max() > 3 * weight.min()
+    assert "texel_weight" not in model.state_dict()
+    recon, texture = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    blend, mu, log_var = torch.rand(2, 17), torch.zeros(2, 8), torch.zeros(2, 8)
+    plain = HeadVAE(texture_size=64, num_blend_shapes=17, latent_dim=8, width=4, perceptual_weight=0.0,
+                    adversarial_weight=0.0)
+    losses = plain._reconstruction_losses(texture, blend, recon, blend, mu, log_var)
+    torch.testing.assert_close(losses["texture_l1"], torch.nn.functional.l1_loss(recon, texture))
