@@ -88,10 +88,31 @@ def _largest_difference(a: dict[str, Tensor], b: dict[str, Tensor], skip: set[st
                if k not in skip and a[k].is_floating_point() and "running_" not in k)
 
 
-def _assert_trained_alike(ddp: Path, one: Path, control: Path, skip: set[str], atol: float) -> None:
-    """DDP's weights within ``atol`` of one process's; the control run (other samples per step) far outside."""
-    difference, where = _largest_difference(_weights(ddp), _weights(one), skip)
-    assert difference <= atol, f"DDP against one process: weights differ by up to {difference:.3g} (at {where})"
+def _elements_beyond(a: dict[str, Tensor], b: dict[str, Tensor], skip: set[str], atol: float) -> list[str]:
+    """``name: difference`` of every parameter element further than ``atol`` apart (as in :func:`_largest_difference`)."""
+    found = []
+    for k in a:
+        if k not in skip and a[k].is_floating_point() and "running_" not in k:
+            difference = (a[k].double() - b[k].double()).abs().flatten()
+            found += [f"{k}[{i}]: {difference[i]:.3g}" for i in torch.nonzero(difference > atol).flatten().tolist()]
+    return found
+
+
+def _assert_trained_alike(ddp: Path, one: Path, control: Path, skip: set[str], atol: float,
+                          stray: int = 2) -> None:
+    """DDP's weights within ``atol`` of one process's; the control run (other samples per step) far outside.
+
+    Up to ``stray`` single elements (of some 10^5) may lie beyond ``atol``, never beyond ``5 * atol``: Adam divides
+    each gradient by its own running RMS, so a weight whose gradient is nearly zero moves by an amount that the
+    order of summation decides (seen: one discriminator weight in 131,072 at 2.4e-4 once the head VAE starts from
+    the mean texture). A wrong gradient average or a wrong batch moves thousands of elements, not two.
+    """
+    a, b = _weights(ddp), _weights(one)
+    beyond = _elements_beyond(a, b, skip, atol)
+    difference, where = _largest_difference(a, b, skip)
+    assert len(beyond) <= stray and difference <= 5 * atol, (
+        f"DDP against one process: {len(beyond)} elements beyond {atol:g}, up to {difference:.3g} (at {where}): "
+        f"{beyond[:5]}")
     apart, where = _largest_difference(_weights(ddp), _weights(control), skip)
     assert apart > 50 * atol, f"the control is only {apart:.3g} away (at {where}): the check cannot tell"
 
@@ -264,9 +285,11 @@ def test_head_vae_under_ddp_trains_as_one_process(tmp_path: Path) -> None:
     with torch.no_grad():
         outputs = {name: [*m.vae(texture, blend, sample=False), m.discriminator(texture)]
                    for name, m in trained.items()}
-    for other, bound in (("one", lambda d: d <= 1e-5), ("pooled", lambda d: d > 1e-2)):
+    # the discriminator's scores to 1e-4: they carry the stray weight (2e-4 moves them by 2e-5)
+    for other, bound in (("one", lambda d, limit: d <= limit), ("pooled", lambda d, _: d > 1e-2)):
         differences = [(a - b).abs().max().item() for a, b in zip(outputs["ddp"], outputs[other], strict=True)]
-        assert all(map(bound, differences)), f"{other}: outputs (texture, blend, mu, log_var, D) {differences}"
+        assert all(map(bound, differences, (1e-5, 1e-5, 1e-5, 1e-5, 1e-4))), (
+            f"{other}: outputs (texture, blend, mu, log_var, D) {differences}")
     _assert_validation_synced(ddp_args, runs / "ddp")
 
 

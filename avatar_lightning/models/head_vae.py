@@ -186,10 +186,13 @@ class HeadVAE(pl.LightningModule):
         return self.discriminator is not None and int(self.generator_steps) >= self.hparams.adversarial_start
 
     def _reconstruction_losses(
-        self, texture: Tensor, blend: Tensor, recon: Tensor, blend_out: Tensor, mu: Tensor, log_var: Tensor
+        self, texture: Tensor, blend: Tensor, recon: Tensor, blend_out: Tensor, mu: Tensor, log_var: Tensor,
+        texel_weight: Tensor | float = 1.0,
     ) -> dict[str, Tensor]:
+        """The losses; ``texel_weight`` (``motion_weight``) only in training: validation and test report the plain
+        L1, comparable across configs and the same whether or not a fit measured the weight first."""
         losses = {
-            "texture_l1": ((recon - texture).abs() * self.texel_weight).mean(),  # plain L1 where the weight is 1
+            "texture_l1": ((recon - texture).abs() * texel_weight).mean(),
             "blend_mse": F.mse_loss(blend_out, blend),
             "kl": -0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=1)),
         }
@@ -201,7 +204,7 @@ class HeadVAE(pl.LightningModule):
         """One generator and one discriminator update from a single backward pass (DDP-safe: ``models/gan.py``)."""
         texture, blend = textures_from_batch(batch), batch["blend"][:, 0]
         recon, blend_out, mu, log_var = self.vae(texture, blend, sample=self.hparams.sample_latent)
-        losses = self._reconstruction_losses(texture, blend, recon, blend_out, mu, log_var)
+        losses = self._reconstruction_losses(texture, blend, recon, blend_out, mu, log_var, self.texel_weight)
         loss = (
             losses["texture_l1"]
             + self.hparams.blend_weight * losses["blend_mse"]
