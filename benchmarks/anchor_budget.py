@@ -79,6 +79,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     minutes = [r["level_minutes"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -88,7 +89,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     twin = axes[0].twinx()
     twin.plot(minutes, [r["ssim_face"] for r in rows], "s--", color="tab:orange", label="face SSIM")
     twin.set_ylabel("SSIM")
-    axes[0].legend(loc="lower right", fontsize=8)
+    lines = axes[0].get_lines() + twin.get_lines()
+    axes[0].legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=8)
     for key, style in (("reenact_r", "o-"), ("reenact_amplitude", "s-"), ("reenact_mouth_amplitude", "^-")):
         axes[1].plot(minutes, [r[key] for r in rows], style, label=key.replace("reenact_", ""))
     axes[1].axhline(0.8, color="grey", ls=":")
@@ -103,6 +105,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(title)
         ax.set_xscale("log")
         ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the log axis' own 6x10^0 labels would overlap ours
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
