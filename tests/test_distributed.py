@@ -89,7 +89,7 @@ def _largest_difference(a: dict[str, Tensor], b: dict[str, Tensor], skip: set[st
 
 
 def _elements_beyond(a: dict[str, Tensor], b: dict[str, Tensor], skip: set[str], atol: float) -> list[str]:
-    """``name: difference`` of every parameter element further than ``atol`` apart (as in :func:`_largest_difference`)."""
+    """``name[i]: difference`` of each parameter element over ``atol`` apart (as in :func:`_largest_difference`)."""
     found = []
     for k in a:
         if k not in skip and a[k].is_floating_point() and "running_" not in k:
