@@ -116,6 +116,8 @@ def test_the_ladder_finds_a_loss_where_it_was_injected(actor: CaptureCache, tmp_
     assert clean.video is not None and clean.video.stat().st_size > 0 and clean.contact_sheet.stat().st_size > 0
     assert {r["rung"] for r in clean.to_json()["rungs"]} == set(reenactment.RUNGS)
     assert "| head VAE | reference |" in clean.markdown()
+    outs = [r.summary() for r in clean.rungs if r.name == "I_out"]  # this U-Net takes I_orig wherever it covers
+    assert all(s["orig_weight_mouth"] > 0.99 and s["orig_weight_face"] > 0.99 for s in outs), outs
 
     def ratios(ladder: Ladder) -> dict[str, float]:
         return {key: value / base[key] for key, value in mouth(ladder).items()}
@@ -159,6 +161,40 @@ def test_the_ladder_finds_a_loss_where_it_was_injected(actor: CaptureCache, tmp_
     r = ratios(injected["I_out"])  # a U-Net that paints its own face over I_orig
     assert all(within(r[k], kept) for k in ("I_orig/reference", "I_orig/animator")), r
     assert r["I_out/reference"] < 0.1 and r["I_out/animator"] < 0.1, r
+    outs = [r.summary() for r in injected["I_out"].rungs if r.name == "I_out"]  # and the ladder says why
+    assert all(s["orig_weight_mouth"] < 0.01 and s["orig_weight_face"] < 0.01 for s in outs), outs
+    assert all("orig_weight_mouth" not in r.summary() for r in injected["I_out"].rungs if r.name != "I_out")
+
+
+def test_the_mouth_box_bounds_the_rendered_mouth(actor: CaptureCache) -> None:
+    """The box the I_orig weight is read in lies on the lower face, about as wide as the mouth, and holds the
+    projected lips."""
+    from avatar_lightning.avatar.renderer import MOUTH_LANDMARKS, AvatarRenderer, mouth_boxes
+    from avatar_lightning.cache.layout import POSE
+    from avatar_lightning.cache.template import load_template
+    from avatar_lightning.render.cameras import Cameras
+
+    camera = actor.cameras[0]
+    mesh = load_template(actor)
+    poses = torch.from_numpy(actor.read(POSE)[:4].astype(np.float32))
+    renderer = AvatarRenderer(reenactment.cache_avatar(actor, head_vae(actor), rerenderer(), [camera.name], mesh,
+                                                       poses.mean(0)), camera.name, fps=actor.fps)
+    z = torch.from_numpy(actor.read(latent_array("exact"))[:4])
+    layers = renderer.render_layers(z, [0, 1, 2, 3], poses=poses)
+    assert layers.alpha.shape == layers.coverage.shape == layers.i_out.shape[:3] and layers.mouth.shape == (4, 4)
+    for covered, (x0, y0, x1, y1) in zip(layers.coverage, layers.mouth, strict=True):
+        ys, xs = np.nonzero(covered)
+        face_width = xs.max() - xs.min()
+        assert 0.2 * face_width < x1 - x0 < 0.7 * face_width
+        assert y0 > (ys.min() + ys.max()) / 2 and y1 <= ys.max() + 2  # the lower half of the face
+        assert covered[y0:y1, x0:x1].mean() > 0.5
+    vertices = mesh.deform(torch.from_numpy(actor.read(BLEND_WEIGHTS)[:4]), poses)
+    lips, _ = Cameras.from_dict(camera).project_to_pixels(vertices[:, list(MOUTH_LANDMARKS)])
+    boxes = mouth_boxes(Cameras.from_dict(camera), vertices, *layers.coverage.shape[1:])
+    np.testing.assert_array_equal(boxes, layers.mouth)
+    x, y, box = lips[..., 0].numpy(), lips[..., 1].numpy(), boxes[:, None]
+    inside = (x >= box[..., 0]) & (x < box[..., 2]) & (y >= box[..., 1]) & (y < box[..., 3])
+    assert inside.all()
 
 
 def test_a_tail_too_short_is_refused(actor: CaptureCache) -> None:

@@ -82,19 +82,22 @@ class AvatarRenderer:
         """Composited frames ``(B, H, W, 3) uint8`` of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g.
         the capture's tracked poses when scoring held-out frames), else by ``rotations`` (the driving head's,
         ``(B, 3, 3)``), else fixed."""
-        return _uint8(self._images(z, frames, rotations, blend_weights, poses)[1])
+        return _uint8(self._images(z, frames, rotations, blend_weights, poses).i_out)
 
     @torch.no_grad()
     def render_layers(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
                       blend_weights: Tensor | None = None, poses: Tensor | None = None) -> RenderedFrames:
         """:meth:`render`, keeping the mesh rendering I_orig beside the composite (what the self-reenactment ladder
         measures motion on)."""
-        i_orig, i_out = self._images(z, frames, rotations, blend_weights, poses)
-        return RenderedFrames(i_orig=_uint8(i_orig), i_out=_uint8(i_out))
+        layers = self._images(z, frames, rotations, blend_weights, poses, keep=True)
+        return RenderedFrames(i_orig=_uint8(layers.i_orig), i_out=_uint8(layers.i_out),
+                              alpha=layers.alpha[:, 0].float().cpu().numpy(),
+                              coverage=(layers.coverage[:, 0] > 0.5).cpu().numpy(), mouth=layers.mouth)
 
     def _images(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None,
-                blend_weights: Tensor | None, poses: Tensor | None) -> tuple[Tensor, Tensor]:
-        """I_orig and I_out, ``(B, 3, H, W)`` in [0, 1] (I_out may overshoot until it is clamped)."""
+                blend_weights: Tensor | None, poses: Tensor | None, keep: bool = False) -> _Layers:
+        """I_orig and I_out, ``(B, 3, H, W)`` in [0, 1] (I_out may overshoot until it is clamped); with ``keep``
+        also α, the coverage and the mouth's box (what the ladder reads; animation does not pay for them)."""
         with autocast(self.precision, self.device):
             texture, blend = self.decode(z.to(self.device))
         texture, blend = texture.float(), blend.float()
@@ -112,20 +115,59 @@ class AvatarRenderer:
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
         with autocast(self.precision, self.device):
             raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
-        return i_orig, compose(i_orig, raw.float(), self.plate).i_out  # eq. 1 over this renderer's plate
+        composition = compose(i_orig, raw.float(), self.plate)  # eq. 1 over this renderer's plate
+        if not keep:
+            return _Layers(i_orig, composition.i_out)
+        return _Layers(i_orig, composition.i_out, composition.alpha, coverage,
+                       mouth_boxes(cameras, vertices, *i_orig.shape[-2:]))
+
+
+@dataclass(frozen=True)
+class _Layers:
+    i_orig: Tensor
+    i_out: Tensor
+    alpha: Tensor | None = None
+    coverage: Tensor | None = None
+    mouth: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class RenderedFrames:
-    """One batch of the chain's images, ``(B, H, W, 3) uint8`` each.
+    """One batch of the chain's images, ``(B, H, W, 3) uint8`` each, and what eq. 1 made of them.
 
     Attributes:
         i_orig: the textured mesh rendering (black where the mesh does not cover the pixel).
         i_out: the composite of equation 1 over the renderer's plate: the avatar's frame.
+        alpha: ``(B, H, W)`` float32, the U-Net's weight on I_orig (where it paints its own face instead, low).
+        coverage: ``(B, H, W)`` bool, where the mesh covers the pixel.
+        mouth: ``(B, 4)`` int, the mouth's box ``x0, y0, x1, y1`` (pixels, end exclusive): :func:`mouth_boxes`.
     """
 
     i_orig: np.ndarray
     i_out: np.ndarray
+    alpha: np.ndarray
+    coverage: np.ndarray
+    mouth: np.ndarray
+
+
+# The template's first 468 vertices are FaceMesh's landmarks (synth.face): the mouth corners and the outer lips'
+# top and bottom centres bound the mouth.
+MOUTH_LANDMARKS = (61, 291, 0, 17)
+
+
+def mouth_boxes(cameras: Cameras, vertices: Tensor, height: int, width: int, margin: float = 0.15) -> np.ndarray:
+    """``(B, 4)`` int boxes ``x0, y0, x1, y1`` round the posed mesh's lips in the image, widened by ``margin`` of
+    their size each side and clipped to the image."""
+    with torch.no_grad():
+        pixels, _ = cameras.project_to_pixels(vertices[:, list(MOUTH_LANDMARKS)])
+    pixels = pixels.cpu().double().numpy()  # (B, 4, 2)
+    low, high = pixels.min(1), pixels.max(1)
+    pad = (high - low) * margin
+    low, high = np.floor(low - pad), np.ceil(high + pad)
+    boxes = np.concatenate([low, high], axis=1)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return boxes.astype(np.int64)
 
 
 def _uint8(images: Tensor) -> np.ndarray:

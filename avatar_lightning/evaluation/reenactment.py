@@ -19,7 +19,10 @@ I_out           FaceMesh on the final frame (re-render U-Net, composited over th
 I_orig and I_out are given for both latents: the animator's, and the reference's (what the animator is trained to
 reproduce). Beside the decoder rungs, the spread over the tail of the decoded blend weights and UV textures relative
 to the tracked ones (1 = as varied as the tracking; a decoder that pulls towards its mean face gives much less), and
-the share of the tracked textures' variation the decoded ones reproduce (texture R²).
+the share of the tracked textures' variation the decoded ones reproduce (texture R²). Beside the I_out rungs, the
+U-Net's mean weight α on I_orig over the mouth (a box round the posed mesh's lips) and over the rest of the face the
+mesh covers: a U-Net that paints its own mouth over I_orig's loses the mouth's motion there, and says so (on the
+shared anchor, 0.93 over the mouth with the default budgets, 0.56 with twice their time, where the mouth froze).
 
 The video shows the real frame, the avatar's frame (animator) and the reference's, side by side; the contact sheet
 the frames where the person's mouth is widest, eyes widest and most closed, and brows highest, with the avatar's
@@ -103,15 +106,19 @@ class Ladder:
                  "Pearson: in step (1 best); amplitude: the rung's spread of each measure over the real one's (median "
                  "over measures; 1 = as lively, 0 = frozen); spread: decoded blend weights / UV textures over the "
                  "tracked ones; texture R²: the share of the tracked textures' variation over the tail the decoded "
-                 "ones reproduce (0 = no better than their mean).", "",
+                 "ones reproduce (0 = no better than their mean); I_orig weight: the U-Net's mean α over the mouth "
+                 "and over the rest of the face the mesh covers (low: it paints its own face over I_orig).", "",
                  "| rung | latents | mean Pearson | mouth Pearson | amplitude | mouth amplitude | blend spread | "
-                 "texture spread | texture R² |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                 "texture spread | texture R² | I_orig weight, mouth / rest of face |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for rung in self.rungs:
             s = rung.summary()
+            weight = (f"{fmt(s['orig_weight_mouth'])} / {fmt(s['orig_weight_face'])}" if "orig_weight_mouth" in s
+                      else "n/a")
             lines.append(f"| {rung.name} | {rung.latents} | {fmt(s['mean_pearson'])} | "
                          f"{fmt(s['mouth_open_pearson'])} | {fmt(s['amplitude'])} | {fmt(s['mouth_open_amplitude'])} | "
                          f"{fmt(s.get('blend_spread'))} | {fmt(s.get('texture_spread'))} | "
-                         f"{fmt(s.get('texture_r2'))} |")
+                         f"{fmt(s.get('texture_r2'))} | {weight} |")
         return "\n".join(lines) + "\n"
 
 
@@ -162,6 +169,28 @@ class _TextureSpread:
         return self.std(name) / base if base > 0 else float("nan")
 
 
+class _OrigWeight:
+    """The U-Net's mean weight α on I_orig over the mouth and over the rest of the face the mesh covers: where it
+    falls, the U-Net paints its own face over the mesh rendering, and I_orig's motion no longer reaches I_out."""
+
+    def __init__(self) -> None:
+        self.mouth: list[float] = []
+        self.face: list[float] = []
+
+    def add(self, layers: Any) -> None:
+        for alpha, covered, (x0, y0, x1, y1) in zip(layers.alpha, layers.coverage, layers.mouth, strict=True):
+            box = np.zeros_like(covered)
+            box[y0:y1, x0:x1] = True
+            if (covered & box).any():
+                self.mouth.append(float(alpha[covered & box].mean()))
+            if (covered & ~box).any():
+                self.face.append(float(alpha[covered & ~box].mean()))
+
+    def summary(self) -> dict[str, float]:
+        return {"orig_weight_mouth": float(np.mean(self.mouth)) if self.mouth else float("nan"),
+                "orig_weight_face": float(np.mean(self.face)) if self.face else float("nan")}
+
+
 def ladder_rows(cache: CaptureCache, candidate: Candidate, latents: str, max_frames: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The tail's first ``max_frames`` test frames: cache rows, the candidate's latents and the reference's."""
@@ -208,6 +237,7 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
                                                 "reference I_out")}
     decoded_blend: dict[str, list[np.ndarray]] = {"reference": [], "animator": []}
     textures = _TextureSpread()
+    weights = {"animator": _OrigWeight(), "reference": _OrigWeight()}
     kept: dict[int, dict[str, np.ndarray]] = {}  # the contact sheet's frames, by position in the tail
     writer = VideoWriter(out / "reenactment.mp4", fps=cache.fps) if out is not None else None
     try:
@@ -228,6 +258,7 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
                 layers = renderer.render_layers(z_part, list(range(start, start + len(z_part))), poses=poses[part])
                 streams[f"{name} I_orig"].push(layers.i_orig)
                 streams[f"{name} I_out"].push(layers.i_out)
+                weights[name].add(layers)
                 panels[name], panels[f"{name} I_orig"] = layers.i_out, layers.i_orig
             for _, position in picks:
                 if start <= position < start + len(real_part):
@@ -253,9 +284,9 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
              {"blend_spread": spread_ratio(blends["animator"], tracked_blend),
               "texture_spread": textures.ratio("animator"), "texture_r2": textures.r2("animator")}),
         Rung("I_orig", "reference", score(measures["reference I_orig"])),
-        Rung("I_out", "reference", score(measures["reference I_out"])),
+        Rung("I_out", "reference", score(measures["reference I_out"]), weights["reference"].summary()),
         Rung("I_orig", "animator", score(measures["animator I_orig"])),
-        Rung("I_out", "animator", score(measures["animator I_out"])),
+        Rung("I_out", "animator", score(measures["animator I_out"]), weights["animator"].summary()),
     ]
     result = Ladder(candidate.label, camera, len(rows), rungs)
     if out is not None:
