@@ -21,7 +21,7 @@ from avatar_lightning.avatar.precision import autocast, resolve_precision
 from avatar_lightning.avatar.runtime import make_runner
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.render import Cameras, RasterSettings, get_rasterizer, render_textured
-from avatar_lightning.render.compose import compose
+from avatar_lightning.render.compose import Composition, compose
 
 ORBIT_DEGREES = 30.0  # the orbit swings the view +-30 degrees about the head's vertical axis
 ORBIT_SECONDS = 4.0  # one swing left and back
@@ -82,22 +82,23 @@ class AvatarRenderer:
         """Composited frames ``(B, H, W, 3) uint8`` of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g.
         the capture's tracked poses when scoring held-out frames), else by ``rotations`` (the driving head's,
         ``(B, 3, 3)``), else fixed."""
-        return _uint8(self._images(z, frames, rotations, blend_weights, poses).i_out)
+        return _uint8(self._images(z, frames, rotations, blend_weights, poses).composition.i_out)
 
     @torch.no_grad()
     def render_layers(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
                       blend_weights: Tensor | None = None, poses: Tensor | None = None) -> RenderedFrames:
         """:meth:`render`, keeping the mesh rendering I_orig beside the composite (what the self-reenactment ladder
         measures motion on)."""
-        layers = self._images(z, frames, rotations, blend_weights, poses, keep=True)
-        return RenderedFrames(i_orig=_uint8(layers.i_orig), i_out=_uint8(layers.i_out),
-                              alpha=layers.alpha[:, 0].float().cpu().numpy(),
-                              coverage=(layers.coverage[:, 0] > 0.5).cpu().numpy(), mouth=layers.mouth)
+        rendered = self._images(z, frames, rotations, blend_weights, poses)
+        parts = rendered.composition
+        return RenderedFrames(i_orig=_uint8(rendered.i_orig), i_out=_uint8(parts.i_out),
+                              alpha=parts.alpha[:, 0].float().cpu().numpy(),
+                              coverage=(rendered.coverage[:, 0] > 0.5).cpu().numpy(),
+                              mouth=mouth_boxes(rendered.cameras, rendered.vertices, *rendered.i_orig.shape[-2:]))
 
     def _images(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None,
-                blend_weights: Tensor | None, poses: Tensor | None, keep: bool = False) -> _Layers:
-        """I_orig and I_out, ``(B, 3, H, W)`` in [0, 1] (I_out may overshoot until it is clamped); with ``keep``
-        also α, the coverage and the mouth's box (what the ladder reads; animation does not pay for them)."""
+                blend_weights: Tensor | None, poses: Tensor | None) -> _Rendered:
+        """I_orig ``(B, 3, H, W)`` in [0, 1] and eq. 1's parts (I_out may overshoot until it is clamped)."""
         with autocast(self.precision, self.device):
             texture, blend = self.decode(z.to(self.device))
         texture, blend = texture.float(), blend.float()
@@ -115,20 +116,20 @@ class AvatarRenderer:
         i_orig, coverage = i_orig.permute(0, 3, 1, 2), coverage.permute(0, 3, 1, 2)
         with autocast(self.precision, self.device):
             raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
-        composition = compose(i_orig, raw.float(), self.plate)  # eq. 1 over this renderer's plate
-        if not keep:
-            return _Layers(i_orig, composition.i_out)
-        return _Layers(i_orig, composition.i_out, composition.alpha, coverage,
-                       mouth_boxes(cameras, vertices, *i_orig.shape[-2:]))
+        # eq. 1 over this renderer's plate
+        return _Rendered(i_orig, compose(i_orig, raw.float(), self.plate), coverage, cameras, vertices)
 
 
 @dataclass(frozen=True)
-class _Layers:
+class _Rendered:
+    """One pass of the chain: I_orig, eq. 1's parts, the mesh's coverage, and the cameras and posed vertices that
+    placed it (the ladder's mouth box comes from them)."""
+
     i_orig: Tensor
-    i_out: Tensor
-    alpha: Tensor | None = None
-    coverage: Tensor | None = None
-    mouth: np.ndarray | None = None
+    composition: Composition
+    coverage: Tensor
+    cameras: Cameras
+    vertices: Tensor
 
 
 @dataclass(frozen=True)
