@@ -21,36 +21,25 @@ import sys
 from collections import deque
 from pathlib import Path
 
-import av
 import numpy as np
+
+from avatar_lightning.video import iter_frames, probe_video, write_video
 
 REPO = Path(__file__).resolve().parent.parent
 ANCHOR = REPO.parent / "shared" / "data" / "capture" / "anchor_71s.mp4"
 
 
 def cut_tail(source: Path, target: Path, seconds: float) -> int:
-    """The last ``seconds`` of ``source`` re-encoded (H.264, near-lossless) into ``target``; the frame count."""
-    with av.open(str(source)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate
-        keep = list(deque(container.decode(stream), maxlen=max(1, int(round(float(rate) * seconds)))))
-    with av.open(str(target), "w") as out:
-        video = out.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = keep[0].width, keep[0].height, "yuv420p"
-        video.options = {"crf": "12"}
-        for frame in keep:
-            image = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
-            for packet in video.encode(image):
-                out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
+    """The last ``seconds`` of ``source`` re-encoded into ``target`` (the project's reader and writer); the count."""
+    fps = probe_video(source).fps
+    keep = list(deque(iter_frames(source), maxlen=max(1, int(round(fps * seconds)))))
+    write_video(target, np.stack(keep), fps)
     return len(keep)
 
 
 def _halves(video: Path) -> tuple[np.ndarray, np.ndarray]:
     """The side-by-side video's driving (left) and avatar (right) halves, ``(N, H, W, 3) uint8`` each."""
-    with av.open(str(video)) as container:
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    frames = np.stack(list(iter_frames(video)))
     half = frames.shape[2] // 2
     return frames[:, :, :half], frames[:, :, half:]
 
