@@ -88,3 +88,29 @@ def test_the_demo_at_its_default_budgets_every_learned_cell_beats_both_baselines
             for metric in ("latent_mse", "blend_mse", "xid_relative_error"):
                 assert run["metrics"][metric] < baseline["metrics"][metric], (run["label"], baseline["label"], metric)
             assert run["metrics"]["psnr_face"] > baseline["metrics"]["psnr_face"], (run["label"], baseline["label"])
+
+
+def test_capture_size_is_checked_and_a_cache_of_another_size_is_prepared_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--capture-size`` below 64 px is refused by name; a real capture prepared earlier is reused only when it was
+    prepared from the same videos at the same size."""
+    from types import SimpleNamespace
+
+    import avatar_lightning.capture.prepare as prepare
+    from avatar_lightning.stages import demo
+
+    with pytest.raises(SystemExit):
+        demo.main(["--capture", "clip.mp4", "--capture-size", "32"])
+    assert "--capture-size must be at least 64 pixels, got 32" in capsys.readouterr().err
+    calls = []
+    monkeypatch.setattr(prepare, "prepare_capture", lambda videos, out, options: calls.append(options.max_side))
+    actor = tmp_path / "actor"
+    actor.mkdir()
+    (actor / "manifest.json").write_text("{}")
+    meta = {"complete": True, "sources": ["clip.mp4"], "prepare": {"frames": {"max_side": 256}}}
+    monkeypatch.setattr(demo, "CaptureCache", lambda _: SimpleNamespace(manifest=SimpleNamespace(meta=meta)))
+    demo._actor(actor, "demo", ["clip.mp4"], overwrite=False, capture_size=256)
+    assert calls == []  # the same videos at the same size: reused
+    demo._actor(actor, "demo", ["clip.mp4"], overwrite=False, capture_size=512)
+    demo._actor(actor, "demo", ["other.mp4"], overwrite=False, capture_size=256)
+    assert calls == [512, 256]

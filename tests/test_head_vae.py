@@ -239,6 +239,8 @@ def test_motion_weight_leans_the_texture_loss_towards_what_moves(synthetic_tiny:
     blend, mu, log_var = torch.rand(2, 17), torch.zeros(2, 8), torch.zeros(2, 8)
     plain = HeadVAE(texture_size=64, num_blend_shapes=17, latent_dim=8, width=4, perceptual_weight=0.0,
                     adversarial_weight=0.0)
+    with pytest.raises(ValueError, match="motion_weight must be 0"):
+        HeadVAE(texture_size=64, num_blend_shapes=17, motion_weight=-1.0)
     losses = plain._reconstruction_losses(texture, blend, recon, blend, mu, log_var)
     torch.testing.assert_close(losses["texture_l1"], torch.nn.functional.l1_loss(recon, texture))
     # Validation reports the plain L1 even after a weighted fit: ``validate`` outside a fit never measures the

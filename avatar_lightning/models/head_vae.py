@@ -85,6 +85,8 @@ class HeadVAE(pl.LightningModule):
         motion_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if motion_weight < 0:
+            raise ValueError(f"motion_weight must be 0 (every texel alike) or more, got {motion_weight}")
         if adversarial_loss not in ("hinge", "lsgan"):
             raise ValueError(f"adversarial_loss must be 'hinge' or 'lsgan', got {adversarial_loss!r}")
         self.save_hyperparameters()
