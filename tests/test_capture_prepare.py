@@ -54,8 +54,13 @@ def test_prepared_cache_holds_what_every_stage_reads(mono: CaptureCache, truth: 
     textures = mono.record("tracking/textures")
     assert textures.shape == (n, 64, 64, 3) and textures.dtype == "uint8"
     assert mono.read("cameras/cam0/clean_plate").shape == (160, 160, 3)
-    assert np.array_equal(np.sort(mono.read("template/triangles"), 1), np.sort(truth.read("template/triangles"), 1))
+    face = truth.read("template/triangles")  # the face's topology is the synthetic actor's; the head shell follows
+    assert np.array_equal(np.sort(mono.read("template/triangles")[: len(face)], 1), np.sort(face, 1))
     meta = mono.manifest.meta
+    shell = meta["prepare"]["head_shell"]
+    assert len(mono.read("template/vertices")) == len(truth.read("template/vertices")) + shell["vertices"]
+    # The synthetic actor's frames show a skull with hair above the face: the fitted shell reaches up into it.
+    assert max(shell["extents"]) > 1.2 and min(shell["extents"]) >= 1.0, shell
     assert meta["complete"] and not meta["prepare"]["calibration"]["estimated"]
     assert (mono.root / "report" / "grid.png").stat().st_size > 10_000
     assert not list(mono.root.parent.glob(".mono.prepare-*")), "a staging folder was left behind"
@@ -206,9 +211,13 @@ def test_a_given_clean_plate_is_stored_as_it_is(videos: list[Path], truth: Captu
 
     plate = truth.read("cameras/frontal/clean_plate")
     cv2.imwrite(str(tmp_path / "plate.png"), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
-    options = PrepareOptions(**{**SPLIT.__dict__, "texture_size": 32, "clean_plates": (str(tmp_path / "plate.png"),)})
+    options = PrepareOptions(**{**SPLIT.__dict__, "texture_size": 32, "clean_plates": (str(tmp_path / "plate.png"),),
+                                "head_shell": False})
     cache = prepare_capture([str(videos[0])], tmp_path / "out", options)
     np.testing.assert_array_equal(cache.read("cameras/cam0/clean_plate"), plate)
+    # --no-head-shell: the template stops at the face oval, as the synthetic actor's
+    assert cache.manifest.meta["prepare"]["head_shell"] is None
+    assert cache.read("template/triangles").shape == truth.read("template/triangles").shape
     focal = cache.manifest.meta["prepare"]["calibration"]["focal_search"]  # no calibration: the focal was searched
     best = min(focal, key=focal.get)
     assert cache.cameras[0].K[0][0] == pytest.approx(float(best) * 160)

@@ -66,15 +66,20 @@ def blend_correlations(est: np.ndarray, true: np.ndarray) -> dict[str, float | N
 
 
 def _resample_truth_uv(prepared: CaptureCache, truth: CaptureCache, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each texel of the prepared layout: the truth layout's uv at the same surface point, and coverage."""
+    """For each texel of the prepared layout: the truth layout's uv at the same surface point, and coverage.
+
+    Over the face's triangles only: prepare's head shell (appended after them) has no counterpart in the truth's
+    template, whose skull and hair are not part of the mesh.
+    """
     ours, theirs = prepared.read(template_array("triangles")), truth.read(template_array("triangles"))
-    if not np.array_equal(np.sort(ours, 1), np.sort(theirs, 1)):
+    ours = ours[: len(theirs)]
+    if len(ours) < len(theirs) or not np.array_equal(np.sort(ours, 1), np.sort(theirs, 1)):
         raise CacheError("the prepared and the true template do not share a triangle list; cannot compare textures")
     # Each side winds its triangles towards its own camera: put the truth's corners in our order.
     order = np.argmax(theirs[:, None, :] == ours[:, :, None], axis=2)  # (F, 3): our corner j is their corner
     rasterizer = get_rasterizer("torch", torch.device("cpu"))
     uvs = torch.from_numpy(prepared.read(template_array("uvs")))
-    faces = torch.from_numpy(prepared.read(template_array("uv_triangles")))
+    faces = torch.from_numpy(prepared.read(template_array("uv_triangles"))[: len(theirs)])
     raster = rasterizer.rasterize(uv_to_clip(uvs), faces, (size, size))
     true_uvs = torch.from_numpy(truth.read(template_array("uvs")))
     true_faces = torch.from_numpy(np.take_along_axis(truth.read(template_array("uv_triangles")), order, 1))

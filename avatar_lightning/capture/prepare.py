@@ -39,11 +39,12 @@ from avatar_lightning.cache.layout import (
 )
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
-from avatar_lightning.cache.template import load_template, write_template
+from avatar_lightning.cache.template import load_template, mesh_from_arrays, write_template
 from avatar_lightning.capture import calibration as calib
 from avatar_lightning.capture.bundle_adjustment import estimate_calibration
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
 from avatar_lightning.capture.fitting import FitResult, FitSettings
+from avatar_lightning.capture.head_shell import ShelledTemplate, add_head_shell, fit_extents
 from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistorter, iter_capture, probe_capture
 from avatar_lightning.capture.split import time_split
 from avatar_lightning.capture.template import ActorTemplate, build_actor_template
@@ -73,6 +74,7 @@ TEXTURE_MEAN_SAMPLE = 32
 FACE_TEXTURE_SHARE = 0.67  # of the UV layout's height the face (forehead to chin) spans
 MESH_LANDMARKS = 468  # FaceMesh's mesh points; the 10 iris points have no template vertex
 PLATE_SAMPLE = 48
+SHELL_SAMPLE = 48  # frames whose person silhouette fits the head shell
 
 
 def camera_names(count: int) -> list[str]:
@@ -92,6 +94,7 @@ class PrepareOptions:
     chunk: int = 32
     overwrite: bool = False
     fit: FitSettings = FitSettings()
+    head_shell: bool = True  # hair, skull and ears beyond the face oval, fitted to the person's silhouette
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -216,7 +219,7 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
             rows = evenly(np.arange(n), PLATE_SAMPLE)
             with torch.no_grad():
                 verts = mesh.deform(torch.from_numpy(fit.blend_weights[rows]), torch.from_numpy(fit.pose[rows]))
-                pixels, _ = Cameras.from_dict(record).project_to_pixels(verts.float())
+                pixels, _ = Cameras.from_dict(record).project_to_pixels(verts[:, :MESH_LANDMARKS].float())
             masks = np.stack([head_mask(p, record.width, record.height) for p in pixels.numpy()])
             heads = np.stack([head_mask(p, record.width, record.height, neck=False) for p in pixels.numpy()])
             estimate = estimate_plate(np.asarray(cache.array(frames_array(name))[rows]), masks, heads)
@@ -230,6 +233,29 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
                             100 * estimate.unseen_fraction)
         cache.write_array(clean_plate_array(name), plate, stage=STAGE)
     return report
+
+
+def head_shell(cache: CaptureCache, name: str, record: CameraRecord, template: ActorTemplate, fit: FitResult
+               ) -> tuple[ShelledTemplate, dict[str, Any]]:
+    """The template with a head shell fitted to the person's silhouette in camera ``name`` (the template's),
+    over a sample of the training frames in which it saw the face; and what to record of it."""
+    face = np.flatnonzero(np.isfinite(fit.rms[:, [c.name for c in cache.cameras].index(name)]))
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences if s.split == "train"])
+    rows = evenly(np.intersect1d(face, train), SHELL_SAMPLE)
+    if not len(rows):
+        rows = evenly(face, SHELL_SAMPLE)
+    mesh = mesh_from_arrays({"vertices": template.template.vertices, "triangles": template.template.triangles,
+                             "uvs": template.template.uvs, "uv_triangles": template.template.uv_triangles,
+                             "blend_basis": template.blend_basis})
+    extents = fit_extents(np.asarray(cache.array(frames_array(name))[rows]), mesh, Cameras.from_dict(record),
+                          fit.pose[rows], fit.blend_weights[rows])
+    shelled = add_head_shell(template.template, template.blend_basis, extents)
+    if shelled.extents.max() < 1.05:
+        log.warning("camera %s: the person's silhouette hardly reaches beyond the face oval in %d sampled frames "
+                    "(selfie segmentation); the head shell hugs the face and the re-render U-Net paints the hair",
+                    name, len(rows))
+    return shelled, {"camera": name, "frames": len(rows), "vertices": len(shelled.shell),
+                     "extents": [round(float(e), 3) for e in shelled.extents]}
 
 
 def warn_unseen_faces(seen: np.ndarray, fps: float) -> None:
@@ -331,9 +357,13 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
             template = triangulate_template(store, seen, records, template, options.fit)
             report("template from all cameras", 1, 1)
         fit = fit_tracking(store, seen, records, template, options.fit, report)
-        t = template.template
+        t, basis, shell = template.template, template.blend_basis, None
+        if options.head_shell:
+            shelled, shell = head_shell(cache, names[k], records[k], template, fit)
+            t, basis = shelled.template, shelled.blend_basis
+            report("head shell", 1, 1)
         write_template(cache, {"vertices": t.vertices, "triangles": t.triangles, "uvs": t.uvs,
-                               "uv_triangles": t.uv_triangles, "blend_basis": template.blend_basis}, STAGE)
+                               "uv_triangles": t.uv_triangles, "blend_basis": basis}, STAGE)
         for name, array in ((POSE, fit.pose), (BLEND_WEIGHTS, fit.blend_weights)):
             cache.write_array(name, array.astype(np.float32), stage=STAGE, per_frame=True)
         cache.write_array(FACE_SEEN, fit.fitted, stage=STAGE, per_frame=True)
@@ -348,6 +378,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                        "scaled_from": [list(size) for size in info.source_sizes] or None},
             "calibration": {"estimated": calibration.estimated, **calibration.report},
             "template": {"camera": names[k], "frames_in_neutral": template.frames_used},
+            "head_shell": shell,
             "faces": {"frames_without_face": int((~fit.fitted).sum()),  # in every camera: left out of training
                       **{name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)}},
             "fit": fit_report(fit, names),

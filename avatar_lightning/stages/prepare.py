@@ -41,6 +41,9 @@ def main(argv: Sequence[str]) -> int:
                         help="scale frames down so their longer side is at most this (default %(default)s; 4K "
                              "footage would cost 25 MB a frame per camera); 0 keeps the videos' size. A calibration "
                              "file and clean plates stay at the videos' size: they are scaled alike")
+    parser.add_argument("--no-head-shell", action="store_true",
+                        help="leave the template at the face oval (no hair, skull or ears fitted to the person's "
+                             "silhouette): the re-render U-Net then paints them")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     args = parser.parse_args(argv)
 
@@ -48,7 +51,7 @@ def main(argv: Sequence[str]) -> int:
     options = PrepareOptions(calibration=args.calibration, clean_plates=tuple(args.clean_plate),
                              test_seconds=args.test_seconds, val_seconds=args.val_seconds,
                              texture_size=args.texture_size, max_side=args.max_side or None,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, head_shell=not args.no_head_shell)
     with PhaseProgress(width=26) as progress:
         cache = prepare_capture(args.video, args.out, options, progress)
     print(cache.describe())
