@@ -290,6 +290,45 @@ def test_adversarial_step_updates_both_networks(rendered: CaptureCache, tmp_path
         model(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
 
 
+def test_ssim_term_charges_a_blur_that_l1_lets_pass() -> None:
+    """The SSIM term's reason to exist: of two outputs with the same L1 to a sharp frame, a blurred one and a
+    noisy one, L1 cannot choose; 1 - SSIM charges the blur several times more. Identical images cost nothing."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    from avatar_lightning.render.compose import Composition
+
+    torch.manual_seed(0)
+    frame = (torch.rand(2, 3, 1, 1) * 0.5 + 0.25).expand(-1, -1, 64, 64).clone()
+    frame[:, :, ::8] = 1.0  # sharp stripes: what a blur erases
+    blurred = gaussian_blur(frame, [9, 9], [2.0, 2.0])
+    noise = torch.randn_like(frame).sign()
+    noisy = (frame + noise * (blurred - frame).abs().mean()).clamp(0, 1)
+    model = Rerenderer(depth=2, width=4, perceptual_weight=0, ssim_weight=1.0)
+
+    def losses(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        alpha = torch.ones_like(image[:, :1])
+        return model._losses(Composition(image, image, alpha, alpha * 0, alpha * 0), frame)
+
+    blur, grain, same = losses(blurred), losses(noisy), losses(frame)
+    assert float(blur["l1"]) == pytest.approx(float(grain["l1"]), rel=0.05)
+    assert float(blur["dssim"]) > 3 * float(grain["dssim"])
+    assert float(same["dssim"]) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="ssim_weight"):
+        Rerenderer(ssim_weight=-0.1, perceptual_weight=0)
+
+
+def test_ssim_term_trains_the_unet(rendered: CaptureCache, tmp_path: Path) -> None:
+    data = RerenderDataModule(str(rendered.root), run=RUN, batch_size=2)
+    data.setup("fit")
+    torch.manual_seed(0)
+    model = Rerenderer(depth=2, width=4, perceptual_weight=0, ssim_weight=0.5)
+    batch = next(iter(data.train_dataloader()))
+    out = model(batch["i_orig"], batch["plate"], batch["coverage"])
+    loss = model._losses(out, batch["frame"])["dssim"]
+    loss.backward()
+    assert 0 < float(loss) <= 2 and all(p.grad is not None for p in model.unet.parameters())
+
+
 def _mask_iou(model: Rerenderer, dataset: torch.utils.data.Dataset) -> float:
     """IoU of the learned mask (α + β > 0.5) with the true foreground (> 127) over all of ``dataset``."""
     intersection = union = 0

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import BinaryJaccardIndex
+from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from avatar_lightning.models.gan import adversarial_step
@@ -42,6 +43,10 @@ class Rerenderer(pl.LightningModule):
         lr: Adam learning rate (both optimisers).
         perceptual_weight: weight of LPIPS (off when 0 or when its backbone file is absent).
         lpips_backbone: path of the AlexNet file for LPIPS; None looks in torchvision's cache.
+        ssim_weight: weight of ``1 - SSIM(I_out, frame)`` beside the L1. L1 alone is minimised by the mean of
+            what could be there, a blur wherever the U-Net has to paint (hair, collar, mouth interior); SSIM
+            compares local contrast and structure, so a soft edge costs it where L1 barely notices (Zhao et al.,
+            "Loss Functions for Image Restoration with Neural Networks", 2017). Needs no download, unlike LPIPS.
         beta_weight: weight of a sparsity prior mean(β): I_corr should only repair what I_orig and the plate
             cannot show (0: the paper's losses only).
         adversarial_weight: weight of the generator's PatchGAN term on I_out (0: no discriminator).
@@ -63,6 +68,7 @@ class Rerenderer(pl.LightningModule):
         lr: float = 2e-4,
         perceptual_weight: float = 0.1,
         lpips_backbone: str | None = None,
+        ssim_weight: float = 0.0,
         beta_weight: float = 0.0,
         adversarial_weight: float = 0.0,
         adversarial_start: int = 0,
@@ -76,6 +82,8 @@ class Rerenderer(pl.LightningModule):
             raise ValueError(f"in_channels must be 3 (I_orig) or 4 (I_orig + coverage), got {in_channels}")
         if adversarial_loss not in ("hinge", "lsgan"):
             raise ValueError(f"adversarial_loss must be 'hinge' or 'lsgan', got {adversarial_loss!r}")
+        if ssim_weight < 0:
+            raise ValueError(f"ssim_weight must be >= 0, got {ssim_weight}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.unet = UNet(in_channels, 6, depth, width, max_width, norm, unshuffle)
@@ -117,6 +125,8 @@ class Rerenderer(pl.LightningModule):
 
     def _losses(self, out: Composition, frame: Tensor) -> dict[str, Tensor]:
         losses = {"l1": F.l1_loss(out.i_out, frame), "beta": out.beta.mean()}
+        if self.hparams.ssim_weight > 0:
+            losses["dssim"] = 1.0 - structural_similarity_index_measure(out.i_out, frame, data_range=1.0)
         if self.lpips is not None and self.hparams.perceptual_weight > 0:
             losses["lpips"] = self.lpips.to(frame.device)(out.i_out, frame)
         return losses
@@ -130,6 +140,7 @@ class Rerenderer(pl.LightningModule):
         out = self._run(batch)
         losses = self._losses(out, frame)
         loss = (losses["l1"] + self.hparams.beta_weight * losses["beta"]
+                + self.hparams.ssim_weight * losses.get("dssim", 0.0)
                 + self.hparams.perceptual_weight * losses.get("lpips", 0.0))
         return adversarial_step(self, self.discriminator, loss, losses, frame, out.i_out, self._adversarial_on(),
                                 self.hparams.adversarial_loss, self.hparams.adversarial_weight)
