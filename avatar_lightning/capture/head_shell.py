@@ -21,14 +21,17 @@ offset, fading to none at the silhouette, so the forehead's motion does not tear
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from avatar_lightning.quiet import native_stderr_filtered
 from avatar_lightning.render.cameras import Cameras
-from avatar_lightning.render.mesh import Mesh, axis_angle_to_matrix
+from avatar_lightning.render.mesh import Mesh
 from avatar_lightning.synth import face as F
 
 # Oval points whose outward direction (unit, y down) has a y component below this get a shell: the crown and the
@@ -129,10 +132,8 @@ def add_head_shell(template: F.FaceTemplate, blend_basis: np.ndarray, extents: n
     reach = _uv_reach(uv_centre, face_uv)  # (A,) the scale that takes each oval point to the UV border
     shares = [share for _, share in STATIONS] + [1.0]
     new_uvs = np.stack([uv_centre + (face_uv - uv_centre) * (1 + s * (reach - 1))[:, None] for s in shares])
-    first_uv = len(uvs)
-    uv_index = np.vstack([layout.oval[None], first_uv + np.arange(rings * arc).reshape(rings, arc)])
-    lookup = dict(zip(index[1:].ravel().tolist(), uv_index[1:].ravel().tolist(), strict=True))
-    uv_triangles = np.vectorize(lambda v: lookup.get(int(v), int(v)))(triangles)
+    # The oval's UVs are its vertices' own (index = vertex index); the new vertices' UVs follow the face's UVs.
+    uv_triangles = np.where(triangles >= first, triangles - first + len(uvs), triangles)
 
     basis = np.asarray(blend_basis, np.float32)
     fade = np.array([1 - s for s in shares], np.float32)  # the oval's offset, fading out towards the back
@@ -231,20 +232,19 @@ class PersonSegmenter:
     """
 
     def __init__(self) -> None:
-        self._model = None
+        self._model: Any = None
+
+    def _build(self) -> Any:
+        import mediapipe as mp  # heavy: only when a silhouette is wanted
+
+        with warnings.catch_warnings(), native_stderr_filtered():
+            warnings.simplefilter("ignore", UserWarning)
+            return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``(H, W) float32`` in [0, 1] for an RGB ``image (H, W, 3) uint8``."""
-        import warnings
-
-        import mediapipe as mp
-
-        from avatar_lightning.quiet import native_stderr_filtered
-
         if self._model is None:
-            with warnings.catch_warnings(), native_stderr_filtered():
-                warnings.simplefilter("ignore", UserWarning)
-                self._model = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+            self._model = self._build()
         result = self._model.process(np.ascontiguousarray(image))
         return np.clip(np.asarray(result.segmentation_mask, np.float32), 0.0, 1.0)
 
@@ -263,20 +263,27 @@ def segment(frames: Sequence[np.ndarray]) -> np.ndarray:
         segmenter.close()
 
 
+def project_head_points(points: np.ndarray, pose: np.ndarray, camera: Cameras) -> np.ndarray:
+    """Head-frame ``points (P, 3)`` under rigid ``pose (S, 6)`` (as :meth:`Mesh.deform`'s) -> pixels ``(S, P, 2)``."""
+    pose_t = torch.from_numpy(np.asarray(pose, np.float32))
+    with torch.no_grad():
+        posed = Mesh(torch.from_numpy(np.asarray(points, np.float32)), torch.zeros(0, 3, dtype=torch.long)).deform(
+            pose=pose_t)
+        pixels, _ = camera.project_to_pixels(posed)
+    return pixels.double().numpy()
+
+
 def project_arc(mesh: Mesh, camera: Cameras, pose: np.ndarray, blend_weights: np.ndarray, layout: ShellLayout
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The arc's oval points ``(S, A, 2)`` and the oval's centre ``(S, 2)`` in pixels, for poses ``(S, 6)`` and
     weights ``(S, K)`` of the (shell-less) template ``mesh``. The centre is taken at the oval's mean depth."""
     with torch.no_grad():
-        pose_t = torch.from_numpy(np.asarray(pose, np.float32))
-        posed = mesh.deform(torch.from_numpy(np.asarray(blend_weights, np.float32)), pose_t)
+        posed = mesh.deform(torch.from_numpy(np.asarray(blend_weights, np.float32)),
+                            torch.from_numpy(np.asarray(pose, np.float32)))
         oval, _ = camera.project_to_pixels(posed[:, layout.oval])
-        rest = mesh.vertices[list(F.FACE_OVAL)]
-        centre = torch.tensor([*layout.centre, float(rest[:, 2].mean())], dtype=torch.float32)
-        rotation = axis_angle_to_matrix(pose_t[:, :3])
-        centre_world = torch.einsum("bij,j->bi", rotation, centre) + pose_t[:, 3:]
-        centre_px, _ = camera.project_to_pixels(centre_world[:, None])
-    return oval.double().numpy(), centre_px[:, 0].double().numpy()
+    depth = float(mesh.vertices[list(F.FACE_OVAL), 2].mean())
+    centre = project_head_points(np.array([[*layout.centre, depth]]), pose, camera)[:, 0]
+    return oval.double().numpy(), centre
 
 
 def fit_extents(frames: np.ndarray, mesh: Mesh, camera: Cameras, pose: np.ndarray, blend_weights: np.ndarray
@@ -301,13 +308,9 @@ def extents_for_silhouettes(masks: np.ndarray, mesh: Mesh, camera: Cameras, pose
     measured = np.maximum(extents_from_masks(masks, oval_px, centre_px) * (1 - inset), EXTENT_RANGE[0])
     extents = measured.copy()
     radius = np.linalg.norm(oval_px - centre_px[:, None], axis=-1)  # (S, A)
-    pose_t = torch.from_numpy(np.asarray(pose, np.float32))
-    rotation = axis_angle_to_matrix(pose_t[:, :3])
     for _ in range(rounds):
-        ring = torch.from_numpy(shell_rings(mesh.vertices.numpy(), layout, extents)[len(STATIONS) - 1]).float()
-        with torch.no_grad():
-            posed = torch.einsum("bij,aj->bai", rotation, ring) + pose_t[:, None, 3:]
-            ring_px, _ = camera.project_to_pixels(posed)
-        model = np.nanmedian(np.linalg.norm(ring_px.double().numpy() - centre_px[:, None], axis=-1) / radius, 0)
+        ring = shell_rings(mesh.vertices.numpy(), layout, extents)[len(STATIONS) - 1]  # the silhouette's ring
+        ring_px = project_head_points(ring, pose, camera)
+        model = np.nanmedian(np.linalg.norm(ring_px - centre_px[:, None], axis=-1) / radius, 0)
         extents = np.clip(extents * measured / model, *EXTENT_RANGE)
     return extents

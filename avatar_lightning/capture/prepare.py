@@ -235,12 +235,13 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
     return report
 
 
-def head_shell(cache: CaptureCache, name: str, record: CameraRecord, template: ActorTemplate, fit: FitResult
+def head_shell(cache: CaptureCache, camera: int, template: ActorTemplate, fit: FitResult
                ) -> tuple[ShelledTemplate, dict[str, Any]]:
-    """The template with a head shell fitted to the person's silhouette in camera ``name`` (the template's),
-    over a sample of the training frames in which it saw the face; and what to record of it."""
-    face = np.flatnonzero(np.isfinite(fit.rms[:, [c.name for c in cache.cameras].index(name)]))
-    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences if s.split == "train"])
+    """The template with a head shell fitted to the person's silhouette in camera number ``camera`` (the
+    template's), over a sample of the training frames in which it saw the face; and what to record of it."""
+    record, name = cache.cameras[camera], cache.cameras[camera].name
+    face = np.flatnonzero(np.isfinite(fit.rms[:, camera]))
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
     rows = evenly(np.intersect1d(face, train), SHELL_SAMPLE)
     if not len(rows):
         rows = evenly(face, SHELL_SAMPLE)
@@ -359,7 +360,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         fit = fit_tracking(store, seen, records, template, options.fit, report)
         t, basis, shell = template.template, template.blend_basis, None
         if options.head_shell:
-            shelled, shell = head_shell(cache, names[k], records[k], template, fit)
+            shelled, shell = head_shell(cache, k, template, fit)
             t, basis = shelled.template, shelled.blend_basis
             report("head shell", 1, 1)
         write_template(cache, {"vertices": t.vertices, "triangles": t.triangles, "uvs": t.uvs,

@@ -32,9 +32,9 @@ from avatar_lightning.evaluation.candidates import HeldOut
 from avatar_lightning.evaluation.identity import FaceEmbedder, identity_scores
 from avatar_lightning.evaluation.transfer_score import frame_measures, score_measures
 from avatar_lightning.render import Cameras, Mesh
+from avatar_lightning.synth.face import NUM_LANDMARKS
 
 FACE_MARGIN = 0.1  # the face box: the projected tracked mesh's bounds, widened by 10 % on each side
-FACE_LANDMARKS = 468  # the face box spans the template's FaceMesh vertices, not the head shell beyond them
 LPIPS_SIDE = 128  # face boxes are resized to this square for LPIPS (AlexNet needs more than a tiny crop)
 
 
@@ -80,7 +80,7 @@ class ImageScorer:
             frames = np.asarray(cache.array(frames_array(n))[self.rows])  # (R, H, W, 3) uint8
             real_frames.append(frames)
             self.captured[n] = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-            pixels, _ = Cameras.from_dict(records[n]).project_to_pixels(tracked[:, :FACE_LANDMARKS])  # not the shell
+            pixels, _ = Cameras.from_dict(records[n]).project_to_pixels(tracked[:, :NUM_LANDMARKS])  # not the shell
             self.boxes[n] = _face_boxes(pixels.numpy(), records[n].width, records[n].height)
         # every camera's rows, camera after camera, as score() renders them
         self.faces = FaceAgreement(np.concatenate(real_frames), cache.fps, measure_faces, embedder)
