@@ -195,6 +195,15 @@ def test_retarget_shapes_the_mesh_with_the_drivers_own_weights(avatar_dir: Path,
     plain = CaptureCache(tmp_path / "plain" / "driving")  # the animator's features only
     with pytest.raises(CacheError, match="no features/tracked_blend for --expression retarget"):
         animate_cache(avatar, plain, tmp_path / "x.mp4", expression="retarget")
+    # A rig with more shapes than the driver's (a real actor's personal shapes after the shared ones): the driver's
+    # weights move the first ones and the rest stay at rest. More weights than shapes cannot be placed.
+    fewer = np.asarray(driving.read("features/tracked_blend"))[:, :12]
+    plain.write_array("features/tracked_blend", fewer, stage="test", per_frame=True)
+    animate_cache(avatar, CaptureCache(plain.root), tmp_path / "fewer.mp4", expression="retarget")
+    assert count_frames(tmp_path / "fewer.mp4") == 30
+    plain.write_array("features/tracked_blend", np.zeros((30, 18), np.float32), stage="test", per_frame=True)
+    with pytest.raises(CacheError, match="18 tracked blend weights but the avatar's head has 17 blend shapes"):
+        animate_cache(avatar, CaptureCache(plain.root), tmp_path / "more.mp4", expression="retarget")
 
 
 # ---------------------------------------------------------------------------------------------- precision

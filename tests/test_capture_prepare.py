@@ -16,6 +16,7 @@ from avatar_lightning.capture.calibration import save_calibration
 from avatar_lightning.capture.evaluate import export_videos, score_prepared
 from avatar_lightning.capture.prepare import PrepareOptions, prepare_capture
 from avatar_lightning.cli import main
+from avatar_lightning.synth.blendshapes import BLEND_SHAPE_NAMES
 from avatar_lightning.synth.generate import SynthPreset, generate
 from avatar_lightning.video import write_video
 
@@ -38,7 +39,9 @@ def videos(truth: CaptureCache) -> list[Path]:
 @pytest.fixture(scope="module")
 def mono(truth: CaptureCache, videos: list[Path]) -> CaptureCache:
     calibration = save_calibration(truth.cameras[:1], truth.root.parent / "frontal.json")
-    options = PrepareOptions(**{**SPLIT.__dict__, "calibration": str(calibration)})
+    # The shared rig alone: the synthetic actor moves nothing else, so this scores the tracker against its truth
+    # (personal shapes could learn only FaceMesh's bias here; they are checked with the three-camera rig below).
+    options = PrepareOptions(**{**SPLIT.__dict__, "calibration": str(calibration), "personal_shapes": 0})
     return prepare_capture([str(videos[0])], truth.root.parent / "mono", options)
 
 
@@ -49,6 +52,8 @@ def test_prepared_cache_holds_what_every_stage_reads(mono: CaptureCache, truth: 
     assert [(s.name, s.split) for s in mono.sequences] == [("train", "train"), ("val", "val"), ("test", "test")]
     assert mono.sequences[-1].num_frames == 20 and mono.sequences[-1].last == n - 1
     assert mono.record("tracking/pose").shape == (n, 6)
+    assert mono.manifest.meta["blend_shapes"] == list(BLEND_SHAPE_NAMES)
+    assert mono.manifest.meta["prepare"]["personal_shapes"] is None
     blend = mono.read("tracking/blend_weights")
     assert blend.shape == (n, 17) and blend.min() >= 0 and blend.max() <= 1
     textures = mono.record("tracking/textures")
@@ -89,6 +94,15 @@ def test_three_cameras_with_estimated_calibration(truth: CaptureCache, videos: l
     centre = -np.array(cache.cameras[1].R).T @ np.array(cache.cameras[1].t)
     assert centre[0] < -0.05
     assert score_prepared(cache, truth)["median_rotation_error_deg"] < 5.0
+    # The 17 shared shapes first, then the actor's own, learnt from the training frames only: one pair per 50 of
+    # them (52 here).
+    names = cache.manifest.meta["blend_shapes"]
+    train = cache.sequences[0].num_frames
+    assert names == [*BLEND_SHAPE_NAMES, "personal_1+", "personal_1-"] and train // 50 == 1
+    assert cache.manifest.meta["prepare"]["personal_shapes"]["frames"] == train
+    blend = cache.read("tracking/blend_weights")
+    assert blend.shape == (cache.num_frames, 19) and blend.min() >= 0 and blend.max() <= 1
+    assert cache.read("template/blend_basis").shape[0] == 19
 
 
 def test_the_chain_runs_on_a_prepared_cache(mono: CaptureCache, tmp_path: Path) -> None:
@@ -124,6 +138,8 @@ def test_missing_and_corrupt_videos(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "junk.mp4").write_bytes(b"not a video at all" * 100)
     assert _prepare(tmp_path, str(tmp_path / "junk.mp4")) == 2
     assert "not a readable video" in capsys.readouterr().err
+    assert _prepare(tmp_path, str(tmp_path / "junk.mp4"), extra=("--personal-shapes=-1",)) == 2
+    assert "--personal-shapes must be 0 (the shared shapes alone) or more, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -84,6 +84,28 @@ def test_shapes_the_driver_never_moves_are_left_out_and_invalid_frames_ignored()
         cross_identity_scores(predicted[:-1], truth, valid)
 
 
+def test_a_rig_with_its_own_shapes_is_scored_on_the_shapes_the_driver_shares(tmp_path: Path) -> None:
+    """A real actor's rig adds personal shapes after the shared ones; a synthetic driver's truth knows the shared
+    ones only: they are compared, whatever the personal ones do, and a rig with fewer shapes is refused."""
+    from avatar_lightning.evaluation.cross_identity import score_cross_identity
+    from avatar_lightning.testing import make_tiny_cache
+
+    driver = make_tiny_cache(tmp_path / "driver")
+    truth = _truth(driver.num_frames)
+    driver.write_array("truth/blend_weights", truth.astype(np.float32), stage="test", per_frame=True)
+    mean = Candidate("mean", "baseline", "-", lambda x: np.zeros((len(x), 3), np.float32))
+    personal = np.linspace(0, 1, driver.num_frames)[:, None]  # a personal shape that moves: not the driver's
+
+    def decode(z: np.ndarray) -> np.ndarray:  # a perfect shared prediction, then two personal shapes
+        return np.concatenate([truth, personal, 1 - personal], 1)
+
+    scores = score_cross_identity(mean, [driver], driver, decode, ["a", "b", "c", "d", "own_1", "own_2"])
+    assert scores["driver"]["metrics"]["relative_error"] == pytest.approx(0.0, abs=1e-12)
+    assert sorted(scores["driver"]["per_shape"]) == ["a", "b", "c", "d"]
+    with pytest.raises(CacheError, match="its truth has 4 blend shapes, the avatar 3"):
+        score_cross_identity(mean, [driver], driver, lambda z: truth[:, :3], [])
+
+
 def _scores(label: str, val: float, test: float, kind: str = "run") -> Scores:
     return Scores(Candidate(label, kind, "f", None, Path(label)), {"val_latent_mse": val, "latent_mse": test})
 

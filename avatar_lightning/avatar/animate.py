@@ -133,10 +133,13 @@ def animate_cache(avatar: Avatar, driving: CaptureCache, out: str | Path, camera
         if not driving.has(feature_array(TRACKED_BLEND)):
             raise CacheError(f"{driving.root}: no {feature_array(TRACKED_BLEND)} for --expression retarget: "
                              f"`python -m avatar_lightning features --cache {driving.root} --extractor tracked_blend`")
-        retarget = driving.array(feature_array(TRACKED_BLEND))
-        if retarget.shape[1] != avatar.mesh.num_blend_shapes:
+        retarget = np.asarray(driving.array(feature_array(TRACKED_BLEND)))
+        if retarget.shape[1] > avatar.mesh.num_blend_shapes:
             raise CacheError(f"{driving.root}: {retarget.shape[1]} tracked blend weights but the avatar's head has "
                              f"{avatar.mesh.num_blend_shapes} blend shapes")
+        # The driver's weights are the shared semantic shapes, first in every rig; a real actor's personal shapes
+        # after them (capture.personal_shapes) belong to no driver and stay at rest.
+        retarget = np.pad(retarget, ((0, 0), (0, avatar.mesh.num_blend_shapes - retarget.shape[1])))
     head = HeadRotationTracker() if pose == "driving" else None
     device = device or torch.device("cpu")
     avatar.to(device)

@@ -3,7 +3,8 @@
 Steps, each its own module: decode the cameras in lock-step (:mod:`.sources`); FaceMesh landmarks per camera
 and frame (faceless frames flagged and counted, never fatal unless a camera never sees a face); the actor's
 template (:mod:`.template`); cameras loaded (:mod:`.calibration`) or estimated (:mod:`.bundle_adjustment`); pose
-and blend weights fitted to every camera's landmarks (:mod:`.tracking`, :mod:`.fitting`); UV textures blended
+and blend weights fitted to every camera's landmarks (:mod:`.tracking`, :mod:`.fitting`), then again with the
+actor's own shapes (:mod:`.personal_shapes`); the head shell (:mod:`.head_shell`); UV textures blended
 over cameras (:mod:`.textures`); clean plates (:mod:`.clean_plate`); a time split (:mod:`.split`). Frames,
 landmarks and textures stream through ``array_writer``, so memory is flat in the capture's length.
 
@@ -45,6 +46,7 @@ from avatar_lightning.capture.bundle_adjustment import estimate_calibration
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
 from avatar_lightning.capture.fitting import FitResult, FitSettings
 from avatar_lightning.capture.head_shell import ShelledTemplate, add_head_shell, fit_extents
+from avatar_lightning.capture.personal_shapes import personal_shapes, with_personal_shapes
 from avatar_lightning.capture.sources import CameraSource, CaptureInfo, Undistorter, iter_capture, probe_capture
 from avatar_lightning.capture.split import time_split
 from avatar_lightning.capture.template import ActorTemplate, build_actor_template
@@ -75,6 +77,7 @@ FACE_TEXTURE_SHARE = 0.67  # of the UV layout's height the face (forehead to chi
 MESH_LANDMARKS = 468  # FaceMesh's mesh points; the 10 iris points have no template vertex
 PLATE_SAMPLE = 48
 SHELL_SAMPLE = 48  # frames whose person silhouette fits the head shell
+PERSONAL_SAMPLE = 600  # training frames whose landmarks make the personal shapes
 
 
 def camera_names(count: int) -> list[str]:
@@ -95,6 +98,7 @@ class PrepareOptions:
     overwrite: bool = False
     fit: FitSettings = FitSettings()
     head_shell: bool = True  # hair, skull and ears beyond the face oval, fitted to the person's silhouette
+    personal_shapes: int = 12  # pairs of the actor's own blend shapes after the 17 semantic ones (0: none)
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -235,16 +239,37 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
     return report
 
 
+def training_rows(cache: CaptureCache, fit: FitResult, camera: int) -> np.ndarray:
+    """Training frames in which camera number ``camera`` saw the face."""
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
+    return np.intersect1d(np.flatnonzero(np.isfinite(fit.rms[:, camera])), train)
+
+
+def personal_rig(cache: CaptureCache, store: LandmarkStore, seen: np.ndarray, records: Sequence[CameraRecord],
+                 camera: int, template: ActorTemplate, fit: FitResult, options: PrepareOptions, progress: Progress
+                 ) -> tuple[ActorTemplate, FitResult, dict[str, Any] | None]:
+    """The actor's own shapes from camera ``camera``'s landmarks on training frames and the semantic fit, then
+    every frame fitted again with them (:mod:`.personal_shapes`); unchanged where too few frames saw the face."""
+    rows = evenly(training_rows(cache, fit, camera), PERSONAL_SAMPLE)
+    shapes = personal_shapes(template, np.asarray(store.arrays[camera][rows], np.float64), fit.blend_weights[rows],
+                             options.personal_shapes)
+    if shapes is None:
+        log.warning("only %d training frames show the face: no personal blend shapes, the 17 shared ones alone",
+                    len(rows))
+        return template, fit, None
+    template = with_personal_shapes(template, shapes)
+    fit = fit_tracking(store, seen, records, template, options.fit.for_personal_shapes(), progress)
+    return template, fit, shapes.report()
+
+
 def head_shell(cache: CaptureCache, camera: int, template: ActorTemplate, fit: FitResult
                ) -> tuple[ShelledTemplate, dict[str, Any]]:
     """The template with a head shell fitted to the person's silhouette in camera number ``camera`` (the
     template's), over a sample of the training frames in which it saw the face; and what to record of it."""
     record, name = cache.cameras[camera], cache.cameras[camera].name
-    face = np.flatnonzero(np.isfinite(fit.rms[:, camera]))
-    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
-    rows = evenly(np.intersect1d(face, train), SHELL_SAMPLE)
+    rows = evenly(training_rows(cache, fit, camera), SHELL_SAMPLE)
     if not len(rows):
-        rows = evenly(face, SHELL_SAMPLE)
+        rows = evenly(np.flatnonzero(np.isfinite(fit.rms[:, camera])), SHELL_SAMPLE)
     mesh = mesh_from_arrays({"vertices": template.template.vertices, "triangles": template.template.triangles,
                              "uvs": template.template.uvs, "uv_triangles": template.template.uv_triangles,
                              "blend_basis": template.blend_basis})
@@ -306,6 +331,9 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
     sources = [CameraSource.parse(v) for v in videos]
     if options.texture_size < 16:
         raise CacheError(f"--texture-size must be at least 16, got {options.texture_size}")
+    if options.personal_shapes < 0:
+        raise CacheError(f"--personal-shapes must be 0 (the shared shapes alone) or more, "
+                         f"got {options.personal_shapes}")
     check_output_folder(out, options.overwrite)
     info = probe_capture(sources, options.max_side)
     sequences = time_split(info.num_frames, info.fps, options.test_seconds, options.val_seconds)
@@ -358,6 +386,10 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
             template = triangulate_template(store, seen, records, template, options.fit)
             report("template from all cameras", 1, 1)
         fit = fit_tracking(store, seen, records, template, options.fit, report)
+        personal = None
+        if options.personal_shapes > 0:
+            template, fit, personal = personal_rig(cache, store, seen, records, k, template, fit, options, report)
+            report("personal blend shapes", 1, 1)
         t, basis, shell = template.template, template.blend_basis, None
         if options.head_shell:
             shelled, shell = head_shell(cache, k, template, fit)
@@ -379,6 +411,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
                        "scaled_from": [list(size) for size in info.source_sizes] or None},
             "calibration": {"estimated": calibration.estimated, **calibration.report},
             "template": {"camera": names[k], "frames_in_neutral": template.frames_used},
+            "personal_shapes": personal,
             "head_shell": shell,
             "faces": {"frames_without_face": int((~fit.fitted).sum()),  # in every camera: left out of training
                       **{name: {"frames_without_face": int((~seen[:, i]).sum())} for i, name in enumerate(names)}},
@@ -387,7 +420,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
             "clean_plates": plates,
             "seconds": round(time.perf_counter() - started, 1),
         }
-        cache.set_meta(prepare=summary, complete=True)
+        cache.set_meta(prepare=summary, blend_shapes=list(template.blend_shape_names), complete=True)
         from avatar_lightning.capture.report import write_report
 
         write_report(cache, staging / "report", mesh, fit, names, records)

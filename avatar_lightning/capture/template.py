@@ -30,19 +30,21 @@ class ActorTemplate:
 
     Attributes:
         template: vertices, triangles, uvs, uv_triangles (as the synthetic actor's).
-        blend_basis: ``(17, V, 3)`` float32, in the order of ``BLEND_SHAPE_NAMES``.
+        blend_basis: ``(17 + P, V, 3)`` float32: the shapes of ``BLEND_SHAPE_NAMES``, then P personal ones.
         neutral: ``(478, 3)`` the frontalised neutral landmarks (reference units) it was built from.
         frames_used: how many frames entered the median.
+        personal_names: names of the actor's own shapes after the semantic ones (:mod:`.personal_shapes`).
     """
 
     template: F.FaceTemplate
     blend_basis: np.ndarray
     neutral: np.ndarray
     frames_used: int
+    personal_names: tuple[str, ...] = ()
 
     @property
     def blend_shape_names(self) -> tuple[str, ...]:
-        return BLEND_SHAPE_NAMES
+        return BLEND_SHAPE_NAMES + self.personal_names
 
 
 def _openings(aligned: np.ndarray) -> dict[str, np.ndarray]:
@@ -94,8 +96,11 @@ def with_rest_shape(actor: ActorTemplate, landmarks: np.ndarray) -> ActorTemplat
     """The same template with its 468 landmark vertices moved to ``landmarks (468, 3)`` (metres).
 
     The added eye and mouth centres follow the mean motion of the loops they close; the blend shapes are rebuilt
-    on the new shape by the same builder.
+    on the new shape by the same builder (personal shapes are fitted later, on the final rest shape).
     """
+    if actor.personal_names:
+        raise ValueError("with_rest_shape rebuilds the semantic shapes only; move the rest shape before adding "
+                         "personal shapes")
     old = actor.template.vertices.astype(np.float64)
     vertices = old.copy()
     vertices[: F.NUM_LANDMARKS] = landmarks

@@ -77,8 +77,15 @@ def score_cross_identity(candidate: Candidate, drivers: Sequence[CaptureCache], 
             x, valid = np.zeros((len(truth), 1), np.float32), np.ones(len(truth), bool)
         else:
             x, valid = driver_features(driver, actor, candidate.features)
-        out[driver.root.name] = cross_identity_scores(decode(candidate.predict(x)), truth, valid,
-                                                      list(names) or None)
+        predicted = decode(candidate.predict(x))
+        shared = truth.shape[1]
+        if predicted.shape[1] < shared:
+            raise CacheError(f"{driver.root}: its truth has {shared} blend shapes, the avatar {predicted.shape[1]}; "
+                             "a cross-identity driver must share the avatar's rig")
+        # A real actor's rig has its own shapes after the shared ones (capture.personal_shapes). The driver's truth
+        # knows the shared ones only, so they are what is scored; FaceMesh's transfer score sees the rest.
+        out[driver.root.name] = cross_identity_scores(predicted[:, :shared], truth, valid,
+                                                      list(names)[:shared] or None)
     return out
 
 
@@ -99,7 +106,7 @@ def add_cross_identity(rows: Sequence[Row], drivers: Sequence[str], cache: str |
     runs = load_runs([r.source.parent for r in run_rows])
     candidates = [*runs, *baselines(actor, list(dict.fromkeys(c.features for c in runs)), "head_vae")]
     driver_caches = [CaptureCache(d) for d in drivers]
-    shapes = list(actor.manifest.meta.get("blend_shapes") or driver_caches[0].manifest.meta.get("blend_shapes") or [])
+    shapes = list(driver_caches[0].manifest.meta.get("blend_shapes") or actor.manifest.meta.get("blend_shapes") or [])
     scored = [Scores(c, cross_identity=score_cross_identity(c, driver_caches, actor, decode, shapes))
               for c in candidates]
     by_label = {}

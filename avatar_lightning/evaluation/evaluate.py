@@ -134,8 +134,8 @@ def evaluate(run_dirs: Sequence[Path], cache: CaptureCache, head_vae: Any, reren
                          "says, or pass --lpips-backbone FILE")
     driver_caches = [CaptureCache(d) for d in drivers]
     names = list(cache.manifest.meta.get("blend_shapes") or [])
-    if driver_caches and not names:  # a real actor's cache: the drivers' synthetic rig names the same shapes
-        names = list(driver_caches[0].manifest.meta.get("blend_shapes") or [])
+    if driver_caches:  # the drivers' truth names the shared shapes they are scored on (a real actor adds its own)
+        names = list(driver_caches[0].manifest.meta.get("blend_shapes") or names)
     scored: list[Scores] = []
     for candidate in candidates:
         log(f"scoring {candidate.label}")

@@ -20,7 +20,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning prepare",
         description="Turn a capture of one real actor (1..N synchronised cameras) into a capture cache: frames, "
-                    "cameras (given or estimated), the actor's template with 17 blend shapes, per-frame head pose, "
+                    "cameras (given or estimated), the actor's template with the 17 shared blend shapes and their own, "
+                    "per-frame head pose, "
                     "blend weights and UV textures, clean plates, and a train / val / held-out test split. "
                     "A report (image grid, reprojection error) lands in <out>/report/.",
     )
@@ -44,6 +45,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-head-shell", action="store_true",
                         help="leave the template at the face oval (no hair, skull or ears fitted to the person's "
                              "silhouette): the re-render U-Net then paints them")
+    parser.add_argument("--personal-shapes", type=int, default=PrepareOptions.personal_shapes, metavar="PAIRS",
+                        help="pairs of the actor's own blend shapes, learnt from the training frames where the 17 "
+                             "shared ones cannot follow their face (default %(default)s; 0: the shared ones alone)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     args = parser.parse_args(argv)
 
@@ -51,7 +55,8 @@ def main(argv: Sequence[str]) -> int:
     options = PrepareOptions(calibration=args.calibration, clean_plates=tuple(args.clean_plate),
                              test_seconds=args.test_seconds, val_seconds=args.val_seconds,
                              texture_size=args.texture_size, max_side=args.max_side or None,
-                             overwrite=args.overwrite, head_shell=not args.no_head_shell)
+                             overwrite=args.overwrite, head_shell=not args.no_head_shell,
+                             personal_shapes=args.personal_shapes)
     with PhaseProgress(width=26) as progress:
         cache = prepare_capture(args.video, args.out, options, progress)
     print(cache.describe())
