@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from avatar_lightning.capture.template import ActorTemplate
+from avatar_lightning.capture.template import ActorTemplate, landmark_offsets_everywhere
 from avatar_lightning.features.mediapipe_landmarks import similarity_align
 from avatar_lightning.synth import face as F
 
@@ -82,7 +82,8 @@ def personal_shapes(actor: ActorTemplate, landmarks: np.ndarray, blend_weights: 
     for i in range(components):
         for sign, suffix in ((1.0, "+"), (-1.0, "-")):
             reach = np.percentile(np.clip(sign * coefficients[:, i], 0.0, None), REACH_PERCENTILE)
-            shapes.append(_with_added_vertices(actor, sign * reach * directions[i].reshape(F.NUM_LANDMARKS, 3)))
+            offsets = sign * reach * directions[i].reshape(F.NUM_LANDMARKS, 3)
+            shapes.append(landmark_offsets_everywhere(actor.template, offsets))
             names.append(f"personal_{i + 1}{suffix}")
     energy = float((singular**2).sum())
     return PersonalShapes(np.stack(shapes).astype(np.float32), tuple(names), len(landmarks),
@@ -94,14 +95,3 @@ def with_personal_shapes(actor: ActorTemplate, shapes: PersonalShapes) -> ActorT
     """The template with ``shapes`` appended after its semantic ones."""
     return replace(actor, blend_basis=np.concatenate([actor.blend_basis, shapes.basis]).astype(np.float32),
                    personal_names=shapes.names)
-
-
-def _with_added_vertices(actor: ActorTemplate, offsets: np.ndarray) -> np.ndarray:
-    """A shape over every template vertex from its 468 landmark offsets: eye and mouth centres follow their loops
-    (as :func:`capture.template.with_rest_shape` moves them)."""
-    shape = np.zeros_like(actor.template.vertices, dtype=np.float64)
-    shape[: F.NUM_LANDMARKS] = offsets
-    for side, loop in F.EYE_LOOPS.items():
-        shape[actor.template.eye_centres[side]] = shape[list(loop)].mean(0)
-    shape[actor.template.mouth_centre] = shape[list(F.INNER_LIP_LOOP)].mean(0)
-    return shape

@@ -92,6 +92,17 @@ def build_actor_template(landmarks: np.ndarray) -> ActorTemplate:
                          frames_used=used)
 
 
+def landmark_offsets_everywhere(template: F.FaceTemplate, offsets: np.ndarray) -> np.ndarray:
+    """``(V, 3)`` offsets of every template vertex from those of its 468 landmark vertices ``(468, 3)``: the added
+    eye and mouth centres move by the mean of the loops they close."""
+    everywhere = np.zeros((len(template.vertices), 3))
+    everywhere[: F.NUM_LANDMARKS] = offsets
+    for side, loop in F.EYE_LOOPS.items():
+        everywhere[template.eye_centres[side]] = everywhere[list(loop)].mean(0)
+    everywhere[template.mouth_centre] = everywhere[list(F.INNER_LIP_LOOP)].mean(0)
+    return everywhere
+
+
 def with_rest_shape(actor: ActorTemplate, landmarks: np.ndarray) -> ActorTemplate:
     """The same template with its 468 landmark vertices moved to ``landmarks (468, 3)`` (metres).
 
@@ -102,12 +113,7 @@ def with_rest_shape(actor: ActorTemplate, landmarks: np.ndarray) -> ActorTemplat
         raise ValueError("with_rest_shape rebuilds the semantic shapes only; move the rest shape before adding "
                          "personal shapes")
     old = actor.template.vertices.astype(np.float64)
-    vertices = old.copy()
-    vertices[: F.NUM_LANDMARKS] = landmarks
-    moved = vertices - old
-    for side, loop in F.EYE_LOOPS.items():
-        vertices[actor.template.eye_centres[side]] += moved[list(loop)].mean(0)
-    vertices[actor.template.mouth_centre] += moved[list(F.INNER_LIP_LOOP)].mean(0)
+    vertices = old + landmark_offsets_everywhere(actor.template, landmarks - old[: F.NUM_LANDMARKS])
     template = F.FaceTemplate(**{**actor.template.__dict__, "vertices": vertices.astype(np.float32)})
     return ActorTemplate(template=template, blend_basis=build_blend_basis(template), neutral=actor.neutral,
                          frames_used=actor.frames_used)

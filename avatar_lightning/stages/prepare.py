@@ -20,9 +20,9 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m avatar_lightning prepare",
         description="Turn a capture of one real actor (1..N synchronised cameras) into a capture cache: frames, "
-                    "cameras (given or estimated), the actor's template with the 17 shared blend shapes and their own, "
-                    "per-frame head pose, "
-                    "blend weights and UV textures, clean plates, and a train / val / held-out test split. "
+                    "cameras (given or estimated), the actor's template with the 17 shared blend shapes and their "
+                    "own, per-frame head pose, blend weights and UV textures, clean plates, and a train / val / "
+                    "held-out test split. "
                     "A report (image grid, reprojection error) lands in <out>/report/.",
     )
     parser.add_argument("--video", action="append", required=True, metavar="PATH[@x,y,w,h]",
