@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,10 +214,24 @@ def trained(avatar_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
             "work": work}
 
 
+def _lively_decoder(decode: Any, z: np.ndarray) -> Any:
+    """``decode`` with its texture's brightness following the first latent: the fixture's head VAE, trained for a
+    few steps, decodes every latent to nearly the same face, and a frozen face must differ from the true one."""
+    mean, std = float(z[:, 0].mean()), float(z[:, 0].std()) + 1e-6
+
+    def decoded(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        texture, blend = decode(latents)
+        gain = 0.55 + 0.45 * torch.tanh((latents[:, :1, None, None] - mean) / std)  # (B, 1, 1, 1) in (0.1, 1)
+        return texture * gain, blend
+
+    return decoded
+
+
 def test_image_scores_match_a_known_answer(trained: dict[str, Path], tmp_path: Path) -> None:
     """Captured frames replaced by the chain's own rendering of the target latents, posed by the tracked poses read
     here, plus noise of known sigma: the scorer must find the PSNR of that noise (it would not if it read other
-    frames, poses or cameras), and the head posed as in other frames scores lower."""
+    frames, poses or cameras); a frozen face and the head posed as in other frames score lower; the head's scores
+    see only the head."""
     from avatar_lightning.checkpoints import load_model
     from avatar_lightning.models.head_vae import load_head_vae
     from avatar_lightning.models.rerender import Rerenderer
@@ -230,6 +245,8 @@ def test_image_scores_match_a_known_answer(trained: dict[str, Path], tmp_path: P
     camera = cache.cameras[1].name
     z = np.asarray(cache.read("latents/head_vae"), np.float32)
     scorer = ImageScorer(cache, vae, rerender, rows, [camera])
+    lively = _lively_decoder(scorer.renderers[camera].decode, z[rows])
+    scorer.renderers[camera].decode = lively
     poses = np.asarray(cache.read("tracking/pose"), np.float32)
     rendered = scorer.renderers[camera].render(torch.from_numpy(z[rows]), list(range(len(rows))),
                                                poses=torch.from_numpy(poses[rows]))
@@ -239,14 +256,32 @@ def test_image_scores_match_a_known_answer(trained: dict[str, Path], tmp_path: P
     frames[rows] = np.clip(rendered + noise, 0, 255).round().astype(np.uint8)
     cache.write_array(f"cameras/{camera}/frames", frames, stage="test", per_frame=True)
     scorer = ImageScorer(CaptureCache(actor), vae, rerender, rows, [camera])
+    scorer.renderers[camera].decode = lively
     exact = scorer.score(z[rows])
     expected = 10 * np.log10(1.0 / ((sigma**2 + 1 / 12) / 255**2))  # noise plus rounding
     assert exact["psnr"] == pytest.approx(expected, abs=0.6)
     assert exact["psnr_face"] == pytest.approx(expected, abs=0.8)
-    assert exact["ssim"] > 0.8 and exact["lpips"] is None
+    assert exact["psnr_head"] == pytest.approx(expected, abs=0.8)
+    assert exact["ssim"] > 0.8 and exact["ssim_head"] > 0.8 and exact["lpips"] is None
+    frozen = scorer.score(np.broadcast_to(z[test_rows].mean(0), z[rows].shape))  # one face for every frame
+    assert frozen["psnr_head"] < exact["psnr_head"] - 3.0
     scorer.poses = torch.from_numpy(poses[rows + 3])  # the head as posed three frames later
     shifted = scorer.score(z[rows])
     assert shifted["psnr_face"] < exact["psnr_face"] - 3.0
+    assert shifted["psnr_head"] < exact["psnr_head"] - 3.0
+
+    # The head is judged on the tracked mesh's pixels alone: a backdrop that moves where the plate cannot follow
+    # costs the frame and the face box, not the head.
+    scorer.poses = torch.from_numpy(poses[rows])
+    head = scorer.heads[camera].numpy()
+    assert 0.02 < head.mean() < 0.9  # the mesh covers part of each frame
+    frames[rows] = np.where(head[..., None], frames[rows], 255 - frames[rows])
+    cache.write_array(f"cameras/{camera}/frames", frames, stage="test", per_frame=True)
+    scorer = ImageScorer(CaptureCache(actor), vae, rerender, rows, [camera])
+    scorer.renderers[camera].decode = lively
+    backdrop = scorer.score(z[rows])
+    assert backdrop["psnr_head"] == pytest.approx(exact["psnr_head"], abs=1e-6)
+    assert backdrop["psnr"] < exact["psnr"] - 10 and backdrop["psnr_face"] < exact["psnr_face"] - 3
 
 
 # ---------------------------------------------------------------------------------------------- the command

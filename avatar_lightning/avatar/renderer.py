@@ -65,6 +65,15 @@ class AvatarRenderer:
         self.rasterizer = get_rasterizer(self.settings.backend, self.device)
         self.camera = Cameras.from_dict(self.record).to(self.device)
 
+    @torch.no_grad()
+    def coverage(self, vertices: Tensor) -> np.ndarray:
+        """``(B, H, W) bool``: where the avatar's mesh, posed as ``vertices (B, V, 3)``, lies in this camera's image
+        (what ``evaluation.images`` scores as the head, drawn from the tracked mesh of the captured frames)."""
+        white = torch.ones(1, 2, 2, 1, device=self.device)
+        _, mask = render_textured(self.avatar.mesh, vertices.to(self.device, torch.float32), white, self.camera,
+                                  self.settings, self.rasterizer)
+        return (mask[..., 0] > 0.5).cpu().numpy()
+
     def driven_pose(self, rotations: np.ndarray) -> Tensor:
         """Poses ``(B, 6)``: the driving head's rotations ``(B, 3, 3)`` (camera coordinates, relative to its first
         frame) turned into world rotations as seen from this renderer's capture camera, applied on top of the

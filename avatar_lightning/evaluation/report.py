@@ -39,8 +39,8 @@ def write_outputs(rows: Sequence[Row], metrics: Sequence[str], out: Path) -> tup
 
 
 TABLE_METRICS = ("val_latent_mse", "latent_mse", "blend_mse", "jitter_ratio", "psnr_face", "ssim_face", "lpips_face",
-                 "psnr", "ssim", "lpips", "reenact_r", "reenact_amplitude", "reenact_mouth_amplitude", "identity",
-                 "xid_relative_error", "transfer_r")
+                 "psnr_head", "ssim_head", "psnr", "ssim", "lpips", "reenact_r", "reenact_amplitude",
+                 "reenact_mouth_amplitude", "identity", "xid_relative_error", "transfer_r")
 
 
 def evaluation_rows(evaluation: Evaluation, cache: CaptureCache) -> list[Row]:
@@ -76,8 +76,9 @@ def write_report(evaluation: Evaluation, cache: CaptureCache, out: Path, transfe
              f"{chosen.metrics['val_latent_mse']:.4g}.", f"Rule: {SELECTION_RULE}.", "",
              f"Images: {evaluation.image_frames} test frames spread evenly over the test sequence(s), from camera(s) "
              f"{', '.join(evaluation.cameras) or 'none'}; the head posed by the capture's tracked pose; the face box "
-             "is the projected tracked mesh widened by 10 %. Self-reenactment: `reenact_r` is the mean Pearson "
-             "correlation of the ten expression measures (FaceMesh) between the rendered and the real frames, "
+             "is the projected tracked face widened by 10 %, the head (`psnr_head`, `ssim_head`) the pixels the "
+             "tracked mesh (face and head shell) covers in the real frame. Self-reenactment: `reenact_r` is the mean "
+             "Pearson correlation of the ten expression measures (FaceMesh) between the rendered and the real frames, "
              "`reenact_amplitude` the median of their spread ratios (1 = as lively as the person, 0 = frozen), "
              "`reenact_mouth_amplitude` mouth opening's, `identity` dlib's face-recognition distance of each rendered "
              "frame to its real frame (lower is better; the same person is below 0.6).", "",

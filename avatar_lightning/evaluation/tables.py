@@ -28,7 +28,8 @@ NEAR_ONE_MEANING = {
     "reenact_mouth_amplitude": "the same for mouth opening",
 }
 # Metrics where higher is better (image similarity, correlations); every other metric is lower-is-better.
-HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_face", "ssim_face", "transfer_r", "reenact_r", "reenact_mouth_r"})
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "psnr_face", "ssim_face", "psnr_head", "ssim_head",
+                               "transfer_r", "reenact_r", "reenact_mouth_r"})
 PRODUCER = "`python -m avatar_lightning test` (or `fit`) of an animator experiment"
 
 
