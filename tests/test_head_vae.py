@@ -57,6 +57,56 @@ def test_network_shapes_and_ranges(size: int) -> None:
         HeadVAENet(texture_size=48)
 
 
+def test_geometry_latent_reads_and_writes_the_blend_weights_alone() -> None:
+    """With ``geometry_dim`` G (``geometry_share`` of latent_dim) the first G dimensions of mu come from the blend
+    weights alone (a texture changes none of them) and alone decode the blend weights (the other dimensions change
+    none of them), while the texture still reads them; their auto-encoder learns at its own rate; bad sizes are
+    refused."""
+    torch.manual_seed(0)
+    net = HeadVAENet(texture_size=16, num_blend_shapes=5, latent_dim=7, width=4, geometry_dim=3).eval()
+    blend = torch.rand(2, 5)
+    mu_a, log_var = net.encoder(torch.rand(2, 3, 16, 16), blend)
+    mu_b, _ = net.encoder(torch.rand(2, 3, 16, 16), blend)
+    assert mu_a.shape == log_var.shape == (2, 7)
+    torch.testing.assert_close(mu_a[:, :3], mu_b[:, :3])
+    assert (mu_a[:, 3:] - mu_b[:, 3:]).abs().max() > 1e-4  # the appearance part sees the texture
+    assert (log_var[:, :3] == 0).all()  # deterministic geometry: KL mu^2 / 2 there, and never sampled
+    net.train()
+    texture = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(net(texture, blend, sample=True)[1], net(texture, blend, sample=True)[1])
+    net.eval()
+    z = torch.randn(2, 7)
+    other = z.clone()
+    other[:, 3:] = torch.randn(2, 4)
+    texture, weights = net.decoder(z)
+    texture_other, weights_other = net.decoder(other)
+    torch.testing.assert_close(weights, weights_other)
+    assert not torch.allclose(texture, texture_other)
+    geometry = z.clone()
+    geometry[:, :3] += 1
+    assert not torch.allclose(net.decoder(geometry)[0], texture)  # the texture follows the expression too
+    for bad in (-1, 7):
+        with pytest.raises(ValueError, match="geometry_dim"):
+            HeadVAENet(texture_size=16, num_blend_shapes=5, latent_dim=7, width=4, geometry_dim=bad)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="geometry_share"):
+            HeadVAE(latent_dim=7, geometry_share=bad)
+    assert [HeadVAE(latent_dim=z, geometry_share=0.5).geometry_dim for z in (2, 7, 64)] == [1, 4, 32]
+    assert HeadVAE(latent_dim=64, geometry_share=0.99).geometry_dim == 63  # one appearance dimension at least
+    assert HeadVAE(latent_dim=64).geometry_dim == 0
+
+    model = HeadVAE(texture_size=16, num_blend_shapes=5, latent_dim=6, width=4, geometry_share=0.5, lr=1e-4,
+                    geometry_lr_scale=5.0, perceptual_weight=0.0)
+    rest, geometry = model.configure_optimizers()[0].param_groups
+    assert geometry["lr"] == pytest.approx(5e-4) and rest["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in geometry["params"]} == {id(p) for p in model.vae.geometry_parameters()}
+    assert len(rest["params"]) + len(geometry["params"]) == len(list(model.vae.parameters()))
+    assert model.vae.encoder.geometry_dim == model.vae.decoder.geometry_dim == 3
+    z = torch.randn(2, 6, requires_grad=True)
+    model.vae.decoder(z)[0].sum().backward()
+    assert (z.grad[:, :3] == 0).all() and (z.grad[:, 3:] != 0).any()  # the texture takes the geometry as given
+
+
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_patch_discriminator_receptive_field(layers: int) -> None:
     disc = PatchDiscriminator(num_layers=layers, width=4).eval()
