@@ -66,13 +66,18 @@ class AvatarRenderer:
         self.camera = Cameras.from_dict(self.record).to(self.device)
 
     @torch.no_grad()
-    def coverage(self, vertices: Tensor) -> np.ndarray:
-        """``(B, H, W) bool``: where the avatar's mesh, posed as ``vertices (B, V, 3)``, lies in this camera's image
-        (what ``evaluation.images`` scores as the head, drawn from the tracked mesh of the captured frames)."""
+    def coverage(self, vertices: Tensor, chunk: int = 16) -> Tensor:
+        """``(B, H, W) bool`` on the CPU: where the avatar's mesh, posed as ``vertices (B, V, 3)``, lies in this
+        camera's image (what ``evaluation.images`` scores as the head, drawn from the tracked mesh of the captured
+        frames). ``chunk`` frames at a time, as :meth:`render` is called: a batch of full-size frames at once would
+        hold every frame's raster buffers."""
         white = torch.ones(1, 2, 2, 1, device=self.device)
-        _, mask = render_textured(self.avatar.mesh, vertices.to(self.device, torch.float32), white, self.camera,
-                                  self.settings, self.rasterizer)
-        return (mask[..., 0] > 0.5).cpu().numpy()
+        masks = []
+        for part in vertices.split(chunk):
+            _, mask = render_textured(self.avatar.mesh, part.to(self.device, torch.float32), white, self.camera,
+                                      self.settings, self.rasterizer)
+            masks.append((mask[..., 0] > 0.5).cpu())
+        return torch.cat(masks)
 
     def driven_pose(self, rotations: np.ndarray) -> Tensor:
         """Poses ``(B, 6)``: the driving head's rotations ``(B, 3, 3)`` (camera coordinates, relative to its first

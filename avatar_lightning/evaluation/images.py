@@ -86,7 +86,7 @@ class ImageScorer:
             self.captured[n] = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
             pixels, _ = Cameras.from_dict(records[n]).project_to_pixels(tracked[:, :NUM_LANDMARKS])  # not the shell
             self.boxes[n] = _face_boxes(pixels.numpy(), records[n].width, records[n].height)
-            self.heads[n] = torch.from_numpy(self.renderers[n].coverage(tracked))  # (R, H, W) bool
+            self.heads[n] = self.renderers[n].coverage(tracked)  # (R, H, W) bool
         # every camera's rows, camera after camera, as score() renders them
         self.faces = FaceAgreement(np.concatenate(real_frames), cache.fps, measure_faces, embedder)
 
