@@ -195,6 +195,11 @@ class CacheWindowDataset(Dataset):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": {}, "_pages": PageBudget()}
 
+    def first_frames(self, key: str) -> np.ndarray:
+        """Every item's first frame of one batch key, stacked ``(N, ...)``: statistics over a split (read whole,
+        so for small per-frame arrays such as blend weights)."""
+        return np.asarray(self._map(self.arrays[key])[self.starts])
+
     def _map(self, name: str) -> np.ndarray:
         if name not in self._maps:
             self._maps[name] = CaptureCache(self.root).array(name)

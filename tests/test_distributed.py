@@ -287,10 +287,11 @@ def test_head_vae_under_ddp_trains_as_one_process(tmp_path: Path) -> None:
                    for name, m in trained.items()}
     # the discriminator's scores to 1e-4: they carry the stray weight (2e-4 moves them by 2e-5). The control's blend
     # weights are not expected to differ: with the config's geometry_share they come from the blend weights' own
-    # code, an MLP without batch statistics, which every process computes alike.
+    # code, a linear map without batch statistics, which every process computes alike. mu to 1e-4: its geometry
+    # part is in standardised units (coordinates up to ~10 on the principal axes), so float32 rounding is larger.
     assert trained["ddp"].geometry_dim > 0
     for other, bound in (("one", lambda d, limit: d <= limit), ("pooled", lambda d, limit: limit is None or d > limit)):
-        limits = (1e-5, 1e-5, 1e-5, 1e-5, 1e-4) if other == "one" else (1e-2, None, 1e-2, 1e-2, 1e-2)
+        limits = (1e-5, 1e-5, 1e-4, 1e-5, 1e-4) if other == "one" else (1e-2, None, 1e-2, 1e-2, 1e-2)
         differences = [(a - b).abs().max().item() for a, b in zip(outputs["ddp"], outputs[other], strict=True)]
         assert all(map(bound, differences, limits)), (
             f"{other}: outputs (texture, blend, mu, log_var, D) {differences}")

@@ -60,10 +60,11 @@ def test_network_shapes_and_ranges(size: int) -> None:
 def test_geometry_latent_reads_and_writes_the_blend_weights_alone() -> None:
     """With ``geometry_dim`` G (``geometry_share`` of latent_dim) the first G dimensions of mu come from the blend
     weights alone (a texture changes none of them) and alone decode the blend weights (the other dimensions change
-    none of them), while the texture still reads them; their auto-encoder learns at its own rate; bad sizes are
+    none of them), while the texture still reads them; their code learns at its own rate; bad sizes are
     refused."""
     torch.manual_seed(0)
     net = HeadVAENet(texture_size=16, num_blend_shapes=5, latent_dim=7, width=4, geometry_dim=3).eval()
+    net.set_principal_axes(torch.rand(50, 5))
     blend = torch.rand(2, 5)
     mu_a, log_var = net.encoder(torch.rand(2, 3, 16, 16), blend)
     mu_b, _ = net.encoder(torch.rand(2, 3, 16, 16), blend)
@@ -105,6 +106,64 @@ def test_geometry_latent_reads_and_writes_the_blend_weights_alone() -> None:
     z = torch.randn(2, 6, requires_grad=True)
     model.vae.decoder(z)[0].sum().backward()
     assert (z.grad[:, :3] == 0).all() and (z.grad[:, 3:] != 0).any()  # the texture takes the geometry as given
+
+
+def test_geometry_code_starts_at_the_principal_axes_of_the_blend_weights() -> None:
+    """``set_principal_axes``: blend weights that span G standardised directions come back exactly through a G-d
+    code; the code's coordinates are uncorrelated over the frames, in falling order of spread; with more code
+    dimensions than shapes the spare ones start unused; a shape that never moves does not divide by zero."""
+    torch.manual_seed(0)
+    frames, shapes, rank = 300, 6, 3
+    blend = torch.rand(frames, rank) @ torch.randn(rank, shapes) * torch.tensor([1, 5, 0.1, 2, 1, 0.5]) + 0.3
+    net = HeadVAENet(texture_size=16, num_blend_shapes=shapes, latent_dim=5, width=4, geometry_dim=rank).eval()
+    net.set_principal_axes(blend.double())
+    with torch.no_grad():
+        code = net.encoder.geometry(blend)
+        torch.testing.assert_close(net.decoder.blend_weights(torch.cat([code, torch.zeros(frames, 2)], 1)), blend,
+                                   atol=1e-4, rtol=1e-4)
+    covariance = torch.cov(code.T.double())
+    assert (covariance - torch.diag(torch.diag(covariance))).abs().max() < 1e-4 * covariance.max()
+    assert (torch.diag(covariance)[:-1] >= torch.diag(covariance)[1:]).all()
+    torch.testing.assert_close(net.encoder.geometry.blend_mean, blend.mean(0), atol=1e-5, rtol=1e-5)
+
+    wide = HeadVAENet(texture_size=16, num_blend_shapes=shapes, latent_dim=10, width=4, geometry_dim=8).eval()
+    still = torch.cat([blend[:, :5], torch.full((frames, 1), 0.2)], dim=1)  # the last shape never moves
+    wide.set_principal_axes(still)
+    with torch.no_grad():
+        code = wide.encoder.geometry(still)
+        torch.testing.assert_close(wide.decoder.blend_weights(torch.cat([code, torch.zeros(frames, 2)], 1)), still,
+                                   atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(code).all()
+    assert (wide.encoder.geometry.linear.weight[shapes:] == 0).all()
+    assert (wide.decoder.blend.linear.weight[:, shapes:] == 0).all()
+
+
+def test_a_fresh_fit_sets_the_geometry_code_from_the_training_frames(synthetic_tiny: CaptureCache,
+                                                                   tmp_path: Path) -> None:
+    """A fresh fit with ``geometry_share`` starts the blend weights' code at their principal axes over the training
+    frames: before any learning, decode(encode) keeps their spread; the checkpoint keeps the axes."""
+    torch.manual_seed(0)
+    model = HeadVAE(latent_dim=32, width=4, lr=1e-12, perceptual_weight=0.0, adversarial_weight=0.0,
+                    geometry_share=0.75)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=HeadDataModule(str(synthetic_tiny.root), batch_size=4))
+    train = np.concatenate([np.arange(s.first, s.last + 1) for s in synthetic_tiny.sequences_in("train")])
+    blend = torch.from_numpy(np.asarray(synthetic_tiny.read("tracking/blend_weights")[train], np.float32))
+    torch.testing.assert_close(model.vae.encoder.geometry.blend_mean.float(), blend.mean(0), atol=1e-5, rtol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        z = model.vae.encoder.geometry(blend)
+        decoded = model.vae.decoder.blend(z)
+    assert (decoded - blend).pow(2).sum() < 1e-3 * (blend - blend.mean(0)).pow(2).sum()
+    path = tmp_path / "axes.ckpt"
+    trainer.save_checkpoint(path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_head_vae(path).vae.decoder.blend(z), decoded)
+    earlier = torch.load(path, weights_only=False)  # the previous version's MLP geometry code, by its key
+    earlier["state_dict"]["vae.encoder.geometry_mu.weight"] = torch.zeros(24, 128)
+    torch.save(earlier, tmp_path / "earlier.ckpt")
+    with pytest.raises(CacheError, match="earlier geometry code.*train the head VAE again"):
+        load_head_vae(tmp_path / "earlier.ckpt")
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3])

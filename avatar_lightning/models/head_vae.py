@@ -61,12 +61,10 @@ class HeadVAE(pl.LightningModule):
             frames, normalised to a mean of 1 (0: every texel alike). Why: they cover a few percent of the texture,
             so an L1 averaged over all of it teaches the static face first and the expression last.
         geometry_share: the share of z's dimensions (rounded, at least one on each side) that are the blend
-            weights' own code: encoded from them alone and alone decoding them (``nets.head_vae.HeadEncoder``); 0
-            (the checkpoints made before it): z from texture and blend weights together. A share, not a count, so
-            that a config's latent_dim can change alone.
-        geometry_lr_scale: the learning rate of that geometry auto-encoder over ``lr``. Why: it is a small MLP that
-            a budget of minutes leaves unconverged at the texture's rate (anchor blend weights, 800 Adam steps at
-            2e-4: held-out R^2 0.57; at 1e-3: 0.84).
+            weights' own code: a linear code of them alone, alone decoding them, set to their principal axes when a
+            fit starts (``nets.head_vae.BlendEncoding``); 0 (the checkpoints made before it): z from texture and
+            blend weights together. A share, not a count, so that a config's latent_dim can change alone.
+        geometry_lr_scale: the learning rate of that geometry code over ``lr``.
     """
 
     def __init__(
@@ -91,7 +89,7 @@ class HeadVAE(pl.LightningModule):
         mean_texture: bool = False,
         motion_weight: float = 0.0,
         geometry_share: float = 0.0,
-        geometry_lr_scale: float = 5.0,
+        geometry_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if motion_weight < 0:
@@ -152,11 +150,16 @@ class HeadVAE(pl.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """The person's mean texture (``mean_texture``, a fresh fit: a resumed one keeps the checkpoint's) and each
-        texel's spread (``motion_weight``, every fit) on up to 256 evenly spaced training frames."""
+        """On a fresh fit (a resumed one keeps the checkpoint's): the geometry code's principal axes
+        (``geometry_share``) over every training frame's blend weights, and the person's mean texture
+        (``mean_texture``); on every fit, each texel's spread (``motion_weight``). Textures are measured on up to 256
+        evenly spaced training frames."""
         decoder = self.vae.decoder
         motion = self.hparams.get("motion_weight", 0.0)
         fresh = int(self.generator_steps) == 0
+        if fresh and self.geometry_dim:
+            blend = self.trainer.datamodule.datasets["train"].first_frames("blend")
+            self.vae.set_principal_axes(torch.from_numpy(np.asarray(blend, np.float64)))
         if not (decoder.mean_texture and fresh) and not motion:
             return
         mean, std = self._texture_statistics()
@@ -178,6 +181,13 @@ class HeadVAE(pl.LightningModule):
             squares = texture**2 if squares is None else squares + texture**2
         mean = total / len(picks)
         return mean, (squares / len(picks) - mean**2).clamp_min(0).sqrt()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, saying what to do, one earlier version's geometry code (an MLP, before the principal axes)."""
+        if any(key.startswith("vae.encoder.geometry_mu.") for key in checkpoint.get("state_dict", {})):
+            raise CacheError("this head VAE was trained with an earlier geometry code (an MLP), which this version "
+                             "replaced by a linear code on the blend weights' principal axes; train the head VAE "
+                             "again (python -m avatar_lightning fit --config experiments/head_vae.yaml)")
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         betas = (0.5, 0.999)
