@@ -101,19 +101,25 @@ def test_masked_mse_ignores_invalid_frames() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- prediction
-def _built_animator(backbone: str = "lstm", window: int = 8, residual_dim: int = 0) -> Animator:
+def _built_animator(backbone: str = "lstm", window: int = 8, residual_dim: int = 0,
+                    linear_skip: bool = False) -> Animator:
     torch.manual_seed(0)
     model = Animator(backbone=backbone, hidden=16, window=window, feature_dim=5, latent_dim=3,
-                     residual_dim=residual_dim).eval()
+                     residual_dim=residual_dim, linear_skip=linear_skip).eval()
     model.feature_mean.normal_()
     model.latent_std.uniform_(0.5, 2.0)
+    if linear_skip:  # a trained backbone's output is not zero
+        torch.nn.init.normal_(model.net.backbone.out.weight)
     return model
 
 
-@pytest.mark.parametrize(("backbone", "residual_dim"), [("lstm", 0), ("lstm", 4), ("mlp", 4), ("cnn", 0)])
-def test_sequence_prediction_averages_overlapping_windows(backbone: str, residual_dim: int) -> None:
+@pytest.mark.parametrize(("backbone", "residual_dim", "linear_skip"),
+                         [("lstm", 0, False), ("lstm", 4, False), ("mlp", 4, False), ("cnn", 0, False),
+                          ("lstm", 4, True), ("mlp", 0, True), ("cnn", 4, True)])
+def test_sequence_prediction_averages_overlapping_windows(backbone: str, residual_dim: int,
+                                                          linear_skip: bool) -> None:
     """Against ``forward`` window by window: embedding each frame once (``Animator.embed``) changes nothing."""
-    model = _built_animator(backbone, residual_dim=residual_dim)
+    model = _built_animator(backbone, residual_dim=residual_dim, linear_skip=linear_skip)
     x = torch.randn(13, 5)
     expected = torch.zeros(13, 3)
     count = torch.zeros(13, 1)
@@ -129,9 +135,9 @@ def test_sequence_prediction_averages_overlapping_windows(backbone: str, residua
         model.predict_sequence(torch.randn(20, 4))
 
 
-@pytest.mark.parametrize("length", [3, 8, 21])
-def test_streaming_equals_sequence_prediction(length: int) -> None:
-    model = _built_animator()
+@pytest.mark.parametrize(("length", "linear_skip"), [(3, False), (8, False), (21, False), (21, True)])
+def test_streaming_equals_sequence_prediction(length: int, linear_skip: bool) -> None:
+    model = _built_animator(linear_skip=linear_skip)
     x = torch.randn(length, 5)
     stream = model.stream()
     out, latencies = [], []
@@ -143,6 +149,48 @@ def test_streaming_equals_sequence_prediction(length: int) -> None:
     assert len(out) == length
     torch.testing.assert_close(torch.stack(out), model.predict_sequence(x))
     assert all(latency == 7 for latency in latencies)  # the bounded look-ahead: window - 1 frames
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "cnn", "lstm"])
+def test_a_fresh_linear_skip_is_the_whole_animator(backbone: str) -> None:
+    """``linear_skip``: the backbone's output projection starts at zero, so a fresh network is its linear map."""
+    torch.manual_seed(0)
+    net = AnimatorNet(feature_dim=5, latent_dim=3, backbone=backbone, hidden=8, residual_dim=2, linear_skip=True)
+    x = torch.randn(4, 8, 5)
+    torch.testing.assert_close(net(x, torch.randn(4, 8, 3)), net.skip(x))
+    assert AnimatorNet(5, 3, backbone, hidden=8).skip is None
+
+
+def test_the_linear_skip_starts_at_the_ridge_fit_of_the_training_frames(actor: CaptureCache, tmp_path: Path) -> None:
+    """Before any step, an animator with ``linear_skip`` predicts the training frames' latents as the closed-form
+    ridge regression of the normalised latents on the normalised features does (valid frames only), and it
+    already predicts the held-out frames far better than the training mean; bad penalties are refused."""
+    data = AnimatorDataModule(str(actor.root), features="expression", batch_size=16)
+    model = Animator(features="expression", backbone="lstm", hidden=8, linear_skip=True, ridge=0.01,
+                     test_after_fit=False)
+    pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path).fit(model, datamodule=data)
+    features, latents = data.training_frames()
+    stats = data.statistics()
+    x = (features.astype(np.float64) - stats["feature_mean"]) / stats["feature_std"]
+    z = (latents.astype(np.float64) - stats["latent_mean"]) / stats["latent_std"]
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    penalty = np.diag([0.01 * len(x)] * x.shape[1] + [0.0])  # the intercept is not penalised
+    solution = np.linalg.solve(design.T @ design + penalty, design.T @ z)
+    model.eval()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(features)[:, None])[:, 0].double().numpy()
+    expected = (design @ solution) * stats["latent_std"] + stats["latent_mean"]
+    np.testing.assert_allclose(predicted, expected, atol=1e-4)
+    test = actor.sequences_in("test")[0]
+    rows = np.arange(test.first, test.last + 1)
+    rows = rows[np.asarray(actor.read("features/expression.valid"))[rows]]
+    truth = actor.read("latents/head_vae")[rows]
+    with torch.no_grad():
+        held_out = model(torch.from_numpy(actor.read("features/expression")[rows])[:, None])[:, 0].numpy()
+    assert ((held_out - truth) ** 2).mean() < 0.2 * ((truth - latents.mean(0)) ** 2).mean()
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        Animator(linear_skip=True, ridge=0.0)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -330,5 +378,6 @@ def test_the_grid_has_every_cell_and_the_headline_file() -> None:
             assert (EXPERIMENTS / f"{backbone}_{variant}.yaml").is_file()
     cli = build_lightning_cli(["--config", str(EXPERIMENTS / "lstm_resnet_residual.yaml")], run=False)
     assert (cli.model.hparams.backbone, cli.model.hparams.features) == ("lstm", "deca_resnet")
+    assert not cli.model.hparams.linear_skip  # the paper's animator on the paper's features
     assert cli.model.hparams.residual_dim > 0 and cli.model.hparams.lr == 1e-4 and cli.model.hparams.lr_gamma == 0.96
     assert cli.datamodule.batch_size == 32 and cli.datamodule.window == 8

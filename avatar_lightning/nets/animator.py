@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 Backbone = Literal["mlp", "cnn", "lstm"]
@@ -75,6 +76,11 @@ class FrameMLP(nn.Module):
             blocks += [nn.Linear(hidden, hidden), nn.LeakyReLU(LEAKINESS)]
         self.layers = nn.Sequential(*blocks, nn.Linear(hidden, out_dim))
 
+    @property
+    def out(self) -> nn.Linear:
+        """The output projection (every backbone names it ``out``)."""
+        return self.layers[-1]
+
     def forward(self, h: Tensor) -> Tensor:
         return self.layers(h)
 
@@ -127,15 +133,24 @@ class AnimatorNet(nn.Module):
         layers: layers of the MLP (input layer included), temporal convolutions (CNN) or stacked LSTM layers.
         residual_dim: R, the size of the training-time residual; 0 trains without one.
         residual_channels: width of the residual encoder's convolutions.
+        linear_skip: add a linear map of each frame's features to the backbone's output, and start the backbone's
+            output projection at zero, so that a fresh network is that linear map alone (``models.animator`` sets
+            it to the least-squares fit on the training frames before the first step; the backbone learns what is
+            left).
     """
 
     def __init__(self, feature_dim: int, latent_dim: int, backbone: Backbone = "lstm", hidden: int = 128,
-                 layers: int = 2, residual_dim: int = 0, residual_channels: int = 32) -> None:
+                 layers: int = 2, residual_dim: int = 0, residual_channels: int = 32,
+                 linear_skip: bool = False) -> None:
         super().__init__()
         self.feature_dim, self.latent_dim, self.residual_dim = feature_dim, latent_dim, residual_dim
         self.residual = ResidualEncoder(latent_dim, residual_dim, residual_channels) if residual_dim > 0 else None
         self.inputs = WindowInput(feature_dim, residual_dim, hidden)
         self.backbone = build_backbone(backbone, hidden, latent_dim, layers)
+        self.skip = nn.Linear(feature_dim, latent_dim) if linear_skip else None
+        if linear_skip:
+            nn.init.zeros_(self.backbone.out.weight)
+            nn.init.zeros_(self.backbone.out.bias)
 
     def forward(self, x: Tensor, target: Tensor | None = None) -> Tensor:
         """``target`` (normalised z of the same window) feeds the residual; ``None`` (inference) means zero."""
@@ -146,4 +161,17 @@ class AnimatorNet(nn.Module):
 
     def animate(self, x: Tensor, residual: Tensor | None) -> Tensor:
         """The animator proper: features and a residual per window ``(B, R)`` (None: zero) -> latents."""
-        return self.backbone(self.inputs(x, residual))
+        return self.from_embedded(self.embed(x, residual))
+
+    def embed(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Frame-wise part ``(..., D)`` -> ``(..., hidden [+ Z])``: the input layer's output, and the linear skip's
+        latents where there is one. Overlapping windows share it (``models.animator.Animator.embed``)."""
+        h = self.inputs(x, residual)
+        return h if self.skip is None else torch.cat([h, self.skip(x)], dim=-1)
+
+    def from_embedded(self, h: Tensor) -> Tensor:
+        """Windows of :meth:`embed`'s output ``(B, T, hidden [+ Z])`` -> latents ``(B, T, Z)``."""
+        if self.skip is None:
+            return self.backbone(h)
+        hidden = h.shape[-1] - self.latent_dim
+        return self.backbone(h[..., :hidden]) + h[..., hidden:]
