@@ -366,6 +366,7 @@ def test_sweep_points_compose_into_valid_configs(tmp_path: Path) -> None:
         model, data = cli.model, cli.datamodule
         assert isinstance(model, Animator) and isinstance(data, AnimatorDataModule)
         assert (model.hparams.backbone, model.hparams.features, model.hparams.residual_dim) == values
+        assert not model.hparams.linear_skip  # the paper's grid
         assert data.features == model.hparams.features and data.window == model.hparams.window == 8
         assert cli.trainer.max_steps == 15000
         seen.add(cli.trainer.loggers[0].log_dir)
