@@ -8,7 +8,7 @@ windows and is scored on every frame of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,14 +92,20 @@ class AnimatorDataModule(CacheDataModule):
 
     def training_frames(self) -> tuple[np.ndarray, np.ndarray]:
         """Features and latents ``(M, D), (M, Z)`` of the training frames with a valid face (for baselines)."""
+        chunks = list(self.training_chunks())
+        return np.concatenate([x for x, _ in chunks]), np.concatenate([z for _, z in chunks])
+
+    def training_chunks(self, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`training_frames` ``chunk`` rows at a time, so a sum over them does not grow with the capture."""
         cache = self.cache
         rows = self._training_rows()
-        valid = np.asarray(cache.array(self.arrays["valid"])[rows], dtype=bool)
-        rows = rows[valid]
+        rows = rows[np.asarray(cache.array(self.arrays["valid"])[rows], dtype=bool)]
         if len(rows) == 0:
             raise CacheError(f"{self.cache_dir}: no training frame has a valid {self.features!r} feature")
-        return (np.asarray(cache.array(self.arrays["x"])[rows], dtype=np.float32),
-                np.asarray(cache.array(self.arrays["z"])[rows], dtype=np.float32))
+        x, z = cache.array(self.arrays["x"]), cache.array(self.arrays["z"])
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            yield np.asarray(x[part], dtype=np.float32), np.asarray(z[part], dtype=np.float32)
 
     def statistics(self, chunk: int = 4096) -> dict[str, np.ndarray]:
         """Mean and standard deviation of features (valid frames) and latents over the training split.

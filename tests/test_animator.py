@@ -189,6 +189,9 @@ def test_the_linear_skip_starts_at_the_ridge_fit_of_the_training_frames(actor: C
     with torch.no_grad():
         held_out = model(torch.from_numpy(actor.read("features/expression")[rows])[:, None])[:, 0].numpy()
     assert ((held_out - truth) ** 2).mean() < 0.2 * ((truth - latents.mean(0)) ** 2).mean()
+    whole = model.net.skip.weight.clone()
+    model._fit_linear_skip(data.training_chunks(chunk=7))  # summed in many chunks: the same fit
+    torch.testing.assert_close(model.net.skip.weight, whole, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="ridge must be > 0"):
         Animator(linear_skip=True, ridge=0.0)
 

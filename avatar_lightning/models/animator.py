@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -154,19 +155,27 @@ class Animator(pl.LightningModule):
             for name, value in datamodule.statistics().items():
                 getattr(self, name).copy_(torch.from_numpy(value))
             if self.net.skip is not None:
-                self._fit_linear_skip(*datamodule.training_frames())
+                self._fit_linear_skip(datamodule.training_chunks())
 
     @torch.no_grad()
-    def _fit_linear_skip(self, features: np.ndarray, latents: np.ndarray) -> None:
+    def _fit_linear_skip(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
         """The linear skip := ridge regression of the normalised latents on the normalised features (``ridge``),
-        over the training frames with a valid face."""
-        x = self.normalise_features(torch.from_numpy(features).double())
-        z = (torch.from_numpy(latents).double() - self.latent_mean.double()) / self.latent_std.double()
-        n, d = x.shape
-        x_mean, z_mean = x.mean(0), z.mean(0)
-        xc = x - x_mean
-        gram = xc.T @ xc / n + self.hparams.ridge * torch.eye(d, dtype=x.dtype)
-        weight = torch.linalg.solve(gram, xc.T @ (z - z_mean) / n)  # (D, Z)
+        over the training frames with a valid face, from normal equations summed chunk by chunk (memory does not
+        grow with the capture, as in ``AnimatorDataModule.statistics``). Closed form in a few lines of torch: no
+        maintained library here fits a ridge from streamed sums."""
+        sums: dict[str, Tensor] = {}
+        for features, latents in chunks:
+            x = self.normalise_features(torch.from_numpy(features).double())
+            z = (torch.from_numpy(latents).double() - self.latent_mean.double()) / self.latent_std.double()
+            for name, value in (("n", torch.tensor(float(len(x)), dtype=x.dtype)), ("x", x.sum(0)),
+                                ("z", z.sum(0)), ("xx", x.T @ x), ("xz", x.T @ z)):
+                sums[name] = sums[name] + value if name in sums else value
+        n = sums["n"]
+        x_mean, z_mean = sums["x"] / n, sums["z"] / n
+        covariance = sums["xx"] / n - torch.outer(x_mean, x_mean)
+        cross = sums["xz"] / n - torch.outer(x_mean, z_mean)
+        eye = torch.eye(len(x_mean), dtype=x_mean.dtype)
+        weight = torch.linalg.solve(covariance + self.hparams.ridge * eye, cross)  # (D, Z)
         self.net.skip.weight.copy_(weight.T)
         self.net.skip.bias.copy_(z_mean - x_mean @ weight)
 
