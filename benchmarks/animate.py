@@ -8,7 +8,8 @@ The avatar is assembled in memory, no files: the built-in synthetic actor's face
 camera sized to the benchmark resolution (the ``small`` preset's framing) with its clean plate, the actor's mean
 head pose over a 30 s synthetic performance, and the three networks at the sizes the experiment files train
 (head VAE of ``experiments/head_vae.yaml`` at 128^2 textures and 17 blend shapes, the re-render U-Net of
-``experiments/rerender.yaml``, read from the file, the LSTM + residual animator on 1434-d MediaPipe features) with
+``experiments/rerender.yaml``, read from the file, the LSTM + residual animator with the linear skip on 1434-d MediaPipe
+features, as ``experiments/lstm_mediapipe_residual.yaml``) with
 random weights:
 speed does not depend on the weights. The driving frames are the actor rendered at the same size by the
 synthesizer's studio renderer (real faces: MediaPipe tracks them; a random-weight avatar's output is not a face).
@@ -114,10 +115,11 @@ def build(size: int, frames: int, device: torch.device) -> Setup:
     info = {"default_pose": pose.mean(0).tolist(),
             "features": {"extractor": "mediapipe", "relative": "sequence", "output": "mediapipe"}}
     head_vae = HeadVAE(texture_size=PRESET.texture_size, num_blend_shapes=identity.face.num_blend_shapes,
-                       latent_dim=LATENT_DIM, width=16, perceptual_weight=0.0, adversarial_weight=0.0).eval()
+                       latent_dim=LATENT_DIM, width=16, mean_texture=True, geometry_share=0.5,
+                       perceptual_weight=0.0, adversarial_weight=0.0).eval()
     rerenderer = Rerenderer(**rerender_network(), perceptual_weight=0.0).eval()
-    animator = Animator(features="mediapipe", backbone="lstm", residual_dim=16, feature_dim=FEATURE_DIM,
-                        latent_dim=LATENT_DIM).eval()
+    animator = Animator(features="mediapipe", backbone="lstm", residual_dim=16, linear_skip=True,
+                        feature_dim=FEATURE_DIM, latent_dim=LATENT_DIM).eval()
     avatar = Avatar(Path("."), info, head_vae, rerenderer, animator, identity.face, [record], {record.name: plate})
     avatar.to(device)
     renderer = AvatarRenderer(avatar, fps=FPS, device=device, precision="auto")
