@@ -16,10 +16,12 @@ from avatar_lightning.cache.layout import (
     frames_array,
     render_mask_name,
     render_name,
+    torso_sway_array,
 )
 from avatar_lightning.cache.manifest import SequenceRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.errors import CacheError
+from avatar_lightning.render.body import read_body_layer
 from datamodules.windows import CacheDataModule, CacheWindowDataset
 
 
@@ -33,7 +35,8 @@ class CameraFrames(Dataset):
     """One camera's frames of some sequences: single-frame windows of its arrays plus its clean plate.
 
     Item: ``i_orig (3, H, W)``, ``coverage (1, H, W)`` (where the mesh covers the pixel), ``frame (3, H, W)``,
-    ``plate (3, H, W)``, all float in [0, 1]; ``foreground (1, H, W)`` where the cache has the true mask
+    ``plate (3, H, W)`` (the clean plate, with the body plate moved by the frame's torso sway where the cache has
+    one: ``render.body``), all float in [0, 1]; ``foreground (1, H, W)`` where the cache has the true mask
     (synthetic captures); ``frame_index ()`` int64 and ``camera ()`` int64 (the index into the cache's cameras).
     """
 
@@ -44,6 +47,9 @@ class CameraFrames(Dataset):
                   "frame": frames_array(camera)}
         if cache.has(foreground_array(camera)):
             arrays["foreground"] = foreground_array(camera)
+        self.body = read_body_layer(cache, camera)
+        if self.body is not None:  # each frame's plate: the body plate moved by the torso's sway in that frame
+            arrays["torso_sway"] = torso_sway_array(camera)
         self.windows = CacheWindowDataset(root, arrays, sequences, window=1, only=only)
         self.plate = _image(torch.from_numpy(cache.read(clean_plate_array(camera))))  # (3, H, W)
         self.camera_index = camera_index
@@ -53,8 +59,12 @@ class CameraFrames(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         window = self.windows[index]
-        item = {key: _image(value[0]) for key, value in window.items() if key != "frame_index"}
-        item["plate"] = self.plate
+        item = {key: _image(value[0]) for key, value in window.items() if key not in ("frame_index", "torso_sway")}
+        if self.body is None:
+            item["plate"] = self.plate
+        else:
+            sway = torch.as_tensor(window["torso_sway"][0], dtype=torch.float32)[None]
+            item["plate"] = self.body.plates(self.plate[None], sway)[0]
         item["frame_index"] = window["frame_index"][0]
         item["camera"] = torch.tensor(self.camera_index, dtype=torch.int64)
         return item

@@ -66,6 +66,9 @@ def test_prepared_cache_holds_what_every_stage_reads(mono: CaptureCache, truth: 
     assert len(mono.read("template/vertices")) == len(truth.read("template/vertices")) + shell["vertices"]
     # The synthetic actor's frames show a skull with hair above the face: the fitted shell reaches up into it.
     assert max(shell["extents"]) > 1.2 and min(shell["extents"]) >= 1.0, shell
+    # The synthetic actor has no torso below its head: no body plate, a reason, and the clean plate alone.
+    assert meta["prepare"]["body_plates"]["cam0"]["body_plate"] is False, meta["prepare"]["body_plates"]
+    assert meta["prepare"]["body_plates"]["cam0"]["why"] and not mono.names("cameras/cam0/body_*")
     assert meta["complete"] and not meta["prepare"]["calibration"]["estimated"]
     assert (mono.root / "report" / "grid.png").stat().st_size > 10_000
     assert not list(mono.root.parent.glob(".mono.prepare-*")), "a staging folder was left behind"

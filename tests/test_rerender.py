@@ -15,12 +15,14 @@ from torch.utils.data import DataLoader, Subset
 
 from avatar_lightning.avatar.mesh_renders import render_cache
 from avatar_lightning.cache import CacheError, CaptureCache
+from avatar_lightning.cache.layout import body_arrays
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.cli import main
 from avatar_lightning.models.head_vae import HeadVAE
 from avatar_lightning.models.rerender import Rerenderer
 from avatar_lightning.nets.unet import UNet
 from avatar_lightning.render import Cameras, RasterSettings, render_textured
+from avatar_lightning.render.body import BodyLayer, frame_plates
 from avatar_lightning.render.compose import compose
 from datamodules.rerender import RerenderDataModule
 from tests.helpers import REPO_ROOT
@@ -234,6 +236,39 @@ def test_datamodule_pairs_renders_frames_and_plates(rendered: CaptureCache) -> N
     one = RerenderDataModule(str(rendered.root), run=RUN, cameras=["diagonal_left"])
     one.setup("test")
     assert len(one.datasets["test"]) == sum(s.num_frames for s in rendered.sequences_in("test"))
+
+
+def test_each_frame_gets_the_body_plate_moved_by_its_own_torso_sway(rendered: CaptureCache, tmp_path: Path) -> None:
+    """Where ``prepare`` made a body plate, the U-Net learns over the plate the renderer will give it at that frame
+    (``render.body``): the clean plate with the body laid over it at the frame's tracked sway."""
+    root = tmp_path / "tiny"
+    shutil.copytree(rendered.root, root)
+    cache = CaptureCache(root)
+    camera = cache.cameras[0]
+    rng = np.random.default_rng(0)
+    body = rng.integers(0, 255, (camera.height, camera.width, 3), dtype=np.uint8)
+    mask = np.zeros((camera.height, camera.width), np.uint8)
+    mask[40:] = 255
+    sways = rng.uniform(-3, 3, (cache.num_frames, 2)).astype(np.float32)
+    for name, data, per_frame in zip(body_arrays(camera.name), (body, mask, sways, np.zeros((7, 2), np.float32)),
+                                     (False, False, True, False), strict=True):
+        cache.write_array(name, data, stage="test", per_frame=per_frame)
+    data = RerenderDataModule(str(root), run=RUN, cameras=[camera.name], batch_size=4)
+    data.setup("fit")
+    clean = torch.from_numpy(cache.read(f"cameras/{camera.name}/clean_plate")).permute(2, 0, 1)[None].float() / 255
+    layer = BodyLayer.from_arrays(body, mask, np.zeros((7, 2)), np.zeros((2, 2)))
+    plates = set()
+    for index in (0, 3, 7):
+        item = data.datasets["train"][index]
+        frame = int(item["frame_index"])
+        expected = frame_plates(clean, layer.plate, layer.mask, torch.from_numpy(sways[frame : frame + 1]))[0]
+        torch.testing.assert_close(item["plate"], expected)
+        plates.add(item["plate"].sum().item())
+    assert len(plates) == 3  # each frame its own plate
+    other = RerenderDataModule(str(root), run=RUN, cameras=[cache.cameras[1].name])  # no body plate: the clean one
+    other.setup("fit")
+    np.testing.assert_array_equal((other.datasets["train"][0]["plate"].permute(1, 2, 0) * 255).round().byte().numpy(),
+                                  cache.read(f"cameras/{cache.cameras[1].name}/clean_plate"))
 
 
 def test_missing_renders_name_the_render_mesh_stage(rendered: CaptureCache) -> None:

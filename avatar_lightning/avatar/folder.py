@@ -8,6 +8,9 @@ Layout (``avatar.json`` lists every piece; ``python -m avatar_lightning export``
     animator.ckpt           Animator: features -> z (its feature normalisation is in the checkpoint's buffers)
     template.npz            the head template: vertices, triangles, uvs, uv_triangles, blend_basis
     clean_plates/<cam>.png  each capture camera's empty background
+    body_plates/<cam>.png, body_plates/<cam>_mask.png
+                            the body below the head and where it is body, for cameras ``prepare`` made one for
+                            (``avatar.json``'s ``body_plates`` holds each one's map from head pose to torso sway)
 
 The folder is built in a hidden sibling and renamed into place (``cache.files.staged_folder``), so a failed
 export never leaves a folder that looks complete.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from avatar_lightning.cache.template import mesh_from_arrays, template_arrays
 from avatar_lightning.checkpoints import checkpoint_entry, load_model, weights_fingerprint
 from avatar_lightning.errors import CacheError
 from avatar_lightning.render import Mesh
+from avatar_lightning.render.body import BodyLayer, read_body_layer
 
 FORMAT = "avatar_lightning.avatar"
 VERSION = 1
@@ -53,7 +57,8 @@ def _load_checkpoint(kind: str, path: Path) -> torch.nn.Module:
 
 @dataclass
 class Avatar:
-    """A loaded avatar: three trained models, the head template, capture cameras and their clean plates."""
+    """A loaded avatar: three trained models, the head template, capture cameras and their clean plates (and body
+    plates, where the capture had a torso to track)."""
 
     root: Path
     info: dict[str, Any]
@@ -63,6 +68,7 @@ class Avatar:
     mesh: Mesh
     cameras: list[CameraRecord]
     plates: dict[str, np.ndarray]
+    bodies: dict[str, BodyLayer] = field(default_factory=dict)
 
     @property
     def features(self) -> str:
@@ -130,6 +136,11 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
     pose = cache.read(POSE)
     train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
     plates = {record.name: f"clean_plates/{record.name}.png" for record in cache.cameras}
+    bodies = {name: body for name in (c.name for c in cache.cameras) if (body := read_body_layer(cache, name))}
+    body_files = {name: {"plate": f"body_plates/{name}.png", "mask": f"body_plates/{name}_mask.png",
+                         "sway_from_pose": body.from_pose.tolist(), "sway_range": [body.low.tolist(),
+                                                                                   body.high.tolist()]}
+                  for name, body in bodies.items()}
     info = {
         "format": FORMAT,
         "version": VERSION,
@@ -140,6 +151,7 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
         "cameras": [{"name": c.name, "K": c.K, "R": c.R, "t": c.t, "width": c.width, "height": c.height}
                     for c in cache.cameras],
         "files": {**CHECKPOINTS, "template": TEMPLATE, "clean_plates": plates},
+        "body_plates": body_files,
     }
     with staged_folder(out, "export") as staging:
         (staging / "clean_plates").mkdir()
@@ -149,8 +161,41 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
         for record in cache.cameras:
             plate = cache.read(clean_plate_array(record.name))
             cv2.imwrite(str(staging / plates[record.name]), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR))
+        if bodies:
+            (staging / "body_plates").mkdir()
+        for name, entry in body_files.items():
+            cv2.imwrite(str(staging / entry["plate"]), cv2.cvtColor(_uint8_image(bodies[name].plate[0]),
+                                                                    cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(staging / entry["mask"]), _uint8_image(bodies[name].mask[0])[..., 0])
         (staging / MANIFEST).write_text(json.dumps(info, indent=1))
     return out
+
+
+def _uint8_image(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` float in [0, 1] -> ``(H, W, C) uint8`` (the cache's uint8 values come back exactly)."""
+    return (image * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def _read_bodies(root: Path, manifest: Path, entries: Any) -> dict[str, BodyLayer]:
+    """The body plates an ``avatar.json`` lists (none in an avatar exported before they existed)."""
+    if not isinstance(entries, dict):
+        raise CacheError(f"{manifest}: 'body_plates' must map each camera to its body plate; {EXPORT_HINT}")
+    bodies = {}
+    for name, entry in entries.items():
+        try:
+            paths = [root / entry[key] for key in ("plate", "mask")]
+            for key in ("plate", "mask"):
+                _check_inside(root, entry[key], manifest)
+            if missing := [str(p) for p in paths if not p.is_file()]:
+                raise CacheError(f"avatar {root} is incomplete: missing {', '.join(missing)}; {EXPORT_HINT}")
+            plate = cv2.cvtColor(cv2.imread(str(paths[0]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            mask = cv2.imread(str(paths[1]), cv2.IMREAD_GRAYSCALE)
+            bodies[name] = BodyLayer.from_arrays(plate, mask, np.asarray(entry["sway_from_pose"], np.float32),
+                                                 np.asarray(entry["sway_range"], np.float32))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CacheError(f"{manifest}: camera {name!r}'s body plate entry is malformed ({err}); "
+                             f"{EXPORT_HINT}") from None
+    return bodies
 
 
 def _check_inside(root: Path, relative: Any, manifest: Path) -> None:
@@ -195,4 +240,6 @@ def load_avatar(root: str | Path) -> Avatar:
     if models["animator"].hparams.features != info["features"]["output"]:
         raise CacheError(f"{manifest}: the animator reads {models['animator'].hparams.features!r} but the avatar "
                          f"lists features {info['features']['output']!r}; {EXPORT_HINT}")
-    return Avatar(root, info, models["head_vae"], models["rerender"], models["animator"], mesh, cameras, plates)
+    bodies = _read_bodies(root, manifest, info.get("body_plates", {}))
+    return Avatar(root, info, models["head_vae"], models["rerender"], models["animator"], mesh, cameras, plates,
+                  bodies)

@@ -61,6 +61,9 @@ class AvatarRenderer:
         else:
             plate = avatar.plates[self.record.name]
         self.plate = torch.from_numpy(np.ascontiguousarray(plate)).to(self.device).permute(2, 0, 1)[None].float() / 255
+        # The torso sways with the person (render.body): only over the capture camera's own plate
+        body = None if background is not None or orbit else avatar.bodies.get(self.record.name)
+        self.body = body.to(self.device) if body is not None else None
         self.settings = RasterSettings()
         self.rasterizer = get_rasterizer(self.settings.backend, self.device)
         self.camera = Cameras.from_dict(self.record).to(self.device)
@@ -92,26 +95,37 @@ class AvatarRenderer:
 
     @torch.no_grad()
     def render(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
-               blend_weights: Tensor | None = None, poses: Tensor | None = None) -> np.ndarray:
+               blend_weights: Tensor | None = None, poses: Tensor | None = None, sways: Tensor | None = None
+               ) -> np.ndarray:
         """Composited frames ``(B, H, W, 3) uint8`` of latents ``z``; the head posed by ``poses`` (``(B, 6)``, e.g.
         the capture's tracked poses when scoring held-out frames), else by ``rotations`` (the driving head's,
-        ``(B, 3, 3)``), else fixed."""
-        return _uint8(self._images(z, frames, rotations, blend_weights, poses).composition.i_out)
+        ``(B, 3, 3)``), else fixed. Where the avatar has a body plate for this camera, the torso sways by
+        ``sways (B, 2)`` (the capture's tracked sway of held-out frames), else as the head's pose goes with."""
+        return _uint8(self._images(z, frames, rotations, blend_weights, poses, sways).composition.i_out)
 
     @torch.no_grad()
     def render_layers(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None = None,
-                      blend_weights: Tensor | None = None, poses: Tensor | None = None) -> RenderedFrames:
+                      blend_weights: Tensor | None = None, poses: Tensor | None = None,
+                      sways: Tensor | None = None) -> RenderedFrames:
         """:meth:`render`, keeping the mesh rendering I_orig beside the composite (what the self-reenactment ladder
         measures motion on)."""
-        rendered = self._images(z, frames, rotations, blend_weights, poses)
+        rendered = self._images(z, frames, rotations, blend_weights, poses, sways)
         parts = rendered.composition
         return RenderedFrames(i_orig=_uint8(rendered.i_orig), i_out=_uint8(parts.i_out),
                               alpha=parts.alpha[:, 0].float().cpu().numpy(),
                               coverage=(rendered.coverage[:, 0] > 0.5).cpu().numpy(),
                               mouth=mouth_boxes(rendered.cameras, rendered.vertices, *rendered.i_orig.shape[-2:]))
 
+    def plates(self, pose: Tensor, sways: Tensor | None = None) -> Tensor:
+        """I_backg of eq. 1 for heads posed ``pose (B, 6)``: the clean plate, with the body plate moved by ``sways
+        (B, 2)`` (else by the sway that goes with ``pose``) where the avatar has one for this camera."""
+        if self.body is None:
+            return self.plate
+        sways = self.body.sway_from_pose(pose) if sways is None else sways.to(self.device, torch.float32)
+        return self.body.plates(self.plate, sways)
+
     def _images(self, z: Tensor, frames: Sequence[int], rotations: np.ndarray | None,
-                blend_weights: Tensor | None, poses: Tensor | None) -> _Rendered:
+                blend_weights: Tensor | None, poses: Tensor | None, sways: Tensor | None = None) -> _Rendered:
         """I_orig ``(B, 3, H, W)`` in [0, 1] and eq. 1's parts (I_out may overshoot until it is clamped)."""
         with autocast(self.precision, self.device):
             texture, blend = self.decode(z.to(self.device))
@@ -131,7 +145,7 @@ class AvatarRenderer:
         with autocast(self.precision, self.device):
             raw = self.unet(self.avatar.rerenderer.net_input(i_orig, coverage))
         # eq. 1 over this renderer's plate
-        return _Rendered(i_orig, compose(i_orig, raw.float(), self.plate), coverage, cameras, vertices)
+        return _Rendered(i_orig, compose(i_orig, raw.float(), self.plates(pose, sways)), coverage, cameras, vertices)
 
 
 @dataclass(frozen=True)

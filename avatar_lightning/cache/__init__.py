@@ -15,6 +15,8 @@ Layout (see ``../shared/DESIGN.md``)::
     template/{vertices,triangles,uvs,blend_basis}.npy
     cameras/<name>/frames.npy        (N, H, W, 3) uint8
     cameras/<name>/clean_plate.npy   (H, W, 3) uint8
+    cameras/<name>/{body_plate (H, W, 3) uint8, body_mask (H, W) uint8, torso_sway (N, 2),
+                    sway_from_pose (7, 2)}.npy   optional: the torso as a layer that sways (``prepare``)
     tracking/{pose (N, 6), blend_weights (N, B), textures (N, T, T, 3) uint8}.npy
     features/<extractor>.npy (N, D), features/<extractor>.valid.npy (N,) bool
     latents/<run>.npy (N, Z), renders/<run>/<camera>.npy

@@ -39,6 +39,31 @@ def clean_plate_array(camera: str) -> str:
     return f"cameras/{camera}/clean_plate"
 
 
+def body_plate_array(camera: str) -> str:
+    """``(H, W, 3) uint8`` the body below the head at zero sway of ``camera`` (``prepare``; optional)."""
+    return f"cameras/{camera}/body_plate"
+
+
+def body_mask_array(camera: str) -> str:
+    """``(H, W) uint8`` 0-255: where :func:`body_plate_array` is body."""
+    return f"cameras/{camera}/body_mask"
+
+
+def torso_sway_array(camera: str) -> str:
+    """``(N, 2) float32``: each frame's torso translation in pixels (x, y) relative to the body plate."""
+    return f"cameras/{camera}/torso_sway"
+
+
+def sway_from_pose_array(camera: str) -> str:
+    """``(7, 2) float32`` ``W``: ``[pose, 1] @ W`` is the sway a head pose goes with (for animation)."""
+    return f"cameras/{camera}/sway_from_pose"
+
+
+def body_arrays(camera: str) -> tuple[str, str, str, str]:
+    """Every array of ``camera``'s body plate, all present or none (:mod:`avatar_lightning.render.body`)."""
+    return body_plate_array(camera), body_mask_array(camera), torso_sway_array(camera), sway_from_pose_array(camera)
+
+
 def crop_boxes_array(camera: str) -> str:
     """``(N, 3)`` face crop boxes (centre x, centre y, side in source pixels) of an ``ingest --crop`` camera."""
     return f"cameras/{camera}/crop_boxes"
@@ -94,6 +119,9 @@ PRODUCERS: tuple[tuple[str, str], ...] = (
     ("cameras/*/frames", "`python -m avatar_lightning synth` (synthetic actor), `prepare` (real capture) or `ingest` "
                          "(driving video)"),
     ("cameras/*/clean_plate", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
+    ("cameras/*/body_*", "`python -m avatar_lightning prepare` (a real capture with a torso below the face)"),
+    ("cameras/*/torso_sway", "`python -m avatar_lightning prepare` (a real capture with a torso below the face)"),
+    ("cameras/*/sway_from_pose*", "`python -m avatar_lightning prepare` (a real capture with a torso below the face)"),
     ("template/*", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
     ("tracking/*", "`python -m avatar_lightning synth` (synthetic actor) or `prepare` (real capture)"),
     ("truth/*", "`python -m avatar_lightning synth` (only synthetic captures carry ground truth)"),

@@ -42,6 +42,7 @@ from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template, mesh_from_arrays, write_template
 from avatar_lightning.capture import calibration as calib
+from avatar_lightning.capture.body_plate import body_plates
 from avatar_lightning.capture.bundle_adjustment import estimate_calibration
 from avatar_lightning.capture.clean_plate import estimate_plate, head_mask, load_plate
 from avatar_lightning.capture.fitting import FitResult, FitSettings
@@ -406,6 +407,9 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
         unseen_texels = extract_textures(cache, names, records, mesh, fit, options.texture_size, options.chunk,
                                          report)
         plates = clean_plates(cache, names, records, mesh, fit, options.clean_plates)
+        training = [training_rows(cache, fit, k) for k in range(len(names))]
+        bodies = body_plates(cache, names, records, mesh, fit, training, STAGE, options.chunk)
+        report("body plates", 1, 1)
         summary = {
             "frames": {"max_side": options.max_side, "sizes": [list(size) for size in info.sizes],
                        "scaled_from": [list(size) for size in info.source_sizes] or None},
@@ -418,6 +422,7 @@ def prepare_capture(videos: Sequence[str], out: str | Path, options: PrepareOpti
             "fit": fit_report(fit, names),
             "textures": {"size": options.texture_size, "never_seen_texel_fraction": round(unseen_texels, 4)},
             "clean_plates": plates,
+            "body_plates": bodies,
             "seconds": round(time.perf_counter() - started, 1),
         }
         cache.set_meta(prepare=summary, blend_shapes=list(template.blend_shape_names), complete=True)

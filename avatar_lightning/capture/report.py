@@ -1,8 +1,9 @@
 """What ``prepare`` shows a person: an image grid and the numbers, in ``<cache>/report/``.
 
 ``grid.png``: one row per (sampled frame, camera): the captured frame | the fitted mesh's wireframe over it,
-with FaceMesh's landmarks | I_orig, the mesh rendered with that frame's extracted texture over the clean plate.
-``prepare.json``: ``meta.prepare`` (calibration, faces, reprojection error, textures, clean plates, time).
+with FaceMesh's landmarks | I_orig, the mesh rendered with that frame's extracted texture over the clean plate
+(with the body plate laid over it at the frame's torso sway, where ``prepare`` made one).
+``prepare.json``: ``meta.prepare`` (calibration, faces, reprojection error, textures, clean and body plates, time).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import cv2
 import numpy as np
 import torch
 
-from avatar_lightning.cache.layout import TEXTURES, clean_plate_array, frames_array, landmark_array
+from avatar_lightning.cache.layout import TEXTURES, clean_plate_array, frames_array, landmark_array, torso_sway_array
 from avatar_lightning.cache.manifest import CameraRecord
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.capture.fitting import FitResult
 from avatar_lightning.render import Cameras, Mesh, RasterSettings, render_textured
+from avatar_lightning.render.body import read_body_layer
 
 GRID_FRAMES = 4
 TILE = 256  # each tile's longer side in pixels
@@ -44,9 +46,11 @@ def _wireframe(image: np.ndarray, pixels: np.ndarray, triangles: np.ndarray, lan
 
 def frame_rows(cache: CaptureCache, mesh: Mesh, fit: FitResult, names: Sequence[str],
                records: Sequence[CameraRecord], frames: Sequence[int]) -> np.ndarray:
-    """The grid as one ``uint8`` RGB image (rows: frame x camera; columns: captured, fit, I_orig)."""
+    """The grid as one ``uint8`` RGB image (rows: frame x camera; columns: captured, fit, I_orig over the frame's
+    plate)."""
     rows = []
     settings = RasterSettings(near=0.05, far=50.0)
+    bodies = {name: read_body_layer(cache, name) for name in names}
     for frame in frames:
         with torch.no_grad():
             verts = mesh.deform(torch.from_numpy(fit.blend_weights[frame : frame + 1]),
@@ -56,6 +60,9 @@ def frame_rows(cache: CaptureCache, mesh: Mesh, fit: FitResult, names: Sequence[
             camera = Cameras.from_dict(record)
             captured = np.asarray(cache.array(frames_array(name))[frame])
             plate = np.asarray(cache.array(clean_plate_array(name)), np.float32) / 255
+            if (body := bodies[name]) is not None:  # the plate the U-Net gets at this frame: the body laid over it
+                sway = torch.from_numpy(np.asarray(cache.array(torso_sway_array(name))[frame : frame + 1]))
+                plate = body.plates(torch.from_numpy(plate).permute(2, 0, 1)[None], sway)[0].permute(1, 2, 0).numpy()
             landmarks = np.asarray(cache.array(landmark_array(name))[frame])
             with torch.no_grad():
                 pixels, _ = camera.project_to_pixels(verts)

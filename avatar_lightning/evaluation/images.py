@@ -1,7 +1,8 @@
 """The full chain's frames against the captured ones: what a person sees, in numbers (self-reenactment).
 
 The chain: animator latents -> head VAE decode -> the template deformed and posed by the capture's tracked pose ->
-rasterised from each capture camera -> re-render U-Net -> composited over the clean plate (``avatar.renderer``).
+rasterised from each capture camera -> re-render U-Net -> composited over the clean plate, with the body plate
+moved by the frame's tracked torso sway where ``prepare`` made one (``avatar.renderer``, ``render.body``).
 The actor's held-out frames drive it (their features, their tracked pose), and the rendered frames are compared
 with the captured ones:
 
@@ -28,7 +29,7 @@ import torch
 
 from avatar_lightning.avatar.folder import Avatar
 from avatar_lightning.avatar.renderer import AvatarRenderer
-from avatar_lightning.cache.layout import BLEND_WEIGHTS, POSE, clean_plate_array, frames_array
+from avatar_lightning.cache.layout import BLEND_WEIGHTS, POSE, clean_plate_array, frames_array, torso_sway_array
 from avatar_lightning.cache.store import CaptureCache
 from avatar_lightning.cache.template import load_template
 from avatar_lightning.errors import CacheError
@@ -36,6 +37,7 @@ from avatar_lightning.evaluation.candidates import HeldOut
 from avatar_lightning.evaluation.identity import FaceEmbedder, identity_scores
 from avatar_lightning.evaluation.transfer_score import frame_measures, score_measures
 from avatar_lightning.render import Cameras, Mesh
+from avatar_lightning.render.body import read_body_layer
 from avatar_lightning.synth.face import NUM_LANDMARKS
 
 FACE_MARGIN = 0.1  # the face box: the projected tracked mesh's bounds, widened by 10 % on each side
@@ -50,8 +52,18 @@ def cache_avatar(cache: CaptureCache, head_vae: Any, rerenderer: Any, cameras: S
     if unknown := [n for n in cameras if n not in records]:
         raise CacheError(f"{cache.root}: no camera {unknown}; cameras are {list(records)}")
     plates = {n: cache.read(clean_plate_array(n)) for n in cameras}
+    bodies = {n: body for n in cameras if (body := read_body_layer(cache, n)) is not None}
     return Avatar(cache.root, {"default_pose": default_pose.tolist()}, head_vae, rerenderer, None, mesh,
-                  [records[n] for n in cameras], plates)
+                  [records[n] for n in cameras], plates, bodies)
+
+
+def tracked_sways(cache: CaptureCache, camera: str, rows: np.ndarray) -> torch.Tensor | None:
+    """``(len(rows), 2)``: the torso's tracked sway in the captured frames ``rows`` of ``camera`` (self-reenactment
+    poses the torso as the held-out frames did, as it poses the head by their tracked pose); None without a body
+    plate."""
+    if not cache.has(torso_sway_array(camera)):
+        return None
+    return torch.from_numpy(np.asarray(cache.array(torso_sway_array(camera))[rows], np.float32))
 
 
 class ImageScorer:
@@ -75,6 +87,7 @@ class ImageScorer:
         self.poses = torch.from_numpy(np.asarray(cache.array(POSE)[self.rows], np.float32))
         avatar = cache_avatar(cache, head_vae, rerenderer, names, mesh, self.poses.mean(0))
         self.renderers = {n: AvatarRenderer(avatar, n, fps=cache.fps) for n in names}
+        self.sways = {n: tracked_sways(cache, n, self.rows) for n in names}
         with torch.no_grad():
             tracked = mesh.deform(torch.from_numpy(np.asarray(cache.array(BLEND_WEIGHTS)[self.rows], np.float32)),
                                   self.poses)
@@ -105,8 +118,10 @@ class ImageScorer:
         for name, renderer in self.renderers.items():
             for start in range(0, len(self.rows), chunk):
                 part = slice(start, start + chunk)
+                sways = self.sways[name]
                 image = renderer.render(torch.from_numpy(np.ascontiguousarray(z[part], np.float32)),
-                                        list(range(start, start + len(z[part]))), poses=self.poses[part])
+                                        list(range(start, start + len(z[part]))), poses=self.poses[part],
+                                        sways=None if sways is None else sways[part])
                 frames.append(image)
                 rendered = torch.from_numpy(image).permute(0, 3, 1, 2).float() / 255
                 target = self.captured[name][part]

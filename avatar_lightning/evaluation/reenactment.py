@@ -48,7 +48,7 @@ from avatar_lightning.cache.template import load_template
 from avatar_lightning.errors import CacheError
 from avatar_lightning.evaluation.candidates import Candidate, held_out, predictions
 from avatar_lightning.evaluation.expression_measures import MEASURES
-from avatar_lightning.evaluation.images import cache_avatar
+from avatar_lightning.evaluation.images import cache_avatar, tracked_sways
 from avatar_lightning.evaluation.transfer_score import MeasureStream, TransferScore, mesh_measures, score_measures
 from avatar_lightning.video import VideoWriter
 
@@ -222,6 +222,7 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
     log(f"self-reenactment ladder of {candidate.label}: {len(rows)} frames of camera {camera}")
     mesh = load_template(cache)
     poses = torch.from_numpy(np.asarray(cache.array(POSE)[rows], np.float32))
+    sways = tracked_sways(cache, camera, rows)
     renderer = AvatarRenderer(cache_avatar(cache, head_vae, rerenderer, [camera], mesh, poses.mean(0)), camera,
                               fps=cache.fps)
     real_frames = cache.array(frames_array(camera))
@@ -255,7 +256,8 @@ def self_reenactment(cache: CaptureCache, head_vae: Any, rerenderer: Any, candid
                     texture, blend = head_vae.decode(z_part)
                 decoded_blend[name].append(blend.numpy())
                 textures.add(name, texture.permute(0, 2, 3, 1).numpy(), tracked_part)
-                layers = renderer.render_layers(z_part, list(range(start, start + len(z_part))), poses=poses[part])
+                layers = renderer.render_layers(z_part, list(range(start, start + len(z_part))), poses=poses[part],
+                                                sways=None if sways is None else sways[part])
                 streams[f"{name} I_orig"].push(layers.i_orig)
                 streams[f"{name} I_out"].push(layers.i_out)
                 weights[name].add(layers)
