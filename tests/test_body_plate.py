@@ -108,7 +108,7 @@ def test_the_body_plate_puts_the_torso_back_sharp_where_it_was(swaying: dict[str
     truth = swaying["mask"] > 0
     # the mask is the torso (shoulders and neck), not the face or the backdrop
     assert weight[truth].mean() > 0.8 and weight[~truth].mean() < 0.05
-    assert weight[20:50, 34:62].max() == 0  # the face
+    assert weight[20:50, 34:62].max() < 0.02  # the face (a feathered edge may touch its bottom)
     assert 0.2 < body.coverage < 0.5
     # laid over the backdrop at each frame's tracked sway, the torso comes back as the frame shows it
     plates = frame_plates(_float(swaying["backdrop"]), _float(body.plate), torch.from_numpy(weight)[None, None],
@@ -149,6 +149,23 @@ def test_frame_plates_lay_the_body_over_the_clean_plate_only_where_it_is_body() 
     expected[0, :, 4:] = 1
     expected[1, :, 6:] = 1  # moved down by two rows
     torch.testing.assert_close(plates, expected, atol=1e-5, rtol=0)
+
+
+def test_only_the_bodys_window_is_resampled_and_that_changes_nothing() -> None:
+    rng = np.random.default_rng(3)
+    mask = np.zeros((64, 48), np.uint8)
+    mask[44:, 16:32] = 255
+    layer = BodyLayer.from_arrays(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8), mask, np.zeros((7, 2)),
+                                  np.array([[-3.0, -2.0], [4.0, 1.0]]))
+    top, bottom, left, right = layer.window
+    assert (top, bottom, left, right) == (44 - 4 - 8, 64, 16 - 4 - 8, 32 + 4 + 8)  # the bottom edge: the frame's
+    clean = torch.rand(1, 3, 64, 48)
+    sways = torch.tensor([[-3.0, -2.0], [4.0, 1.0], [0.3, -0.7], [-10.0, 8.0]])  # the last: beyond the range
+    torch.testing.assert_close(layer.plates(clean, sways), frame_plates(clean, layer.plate, layer.mask, sways),
+                               atol=1e-4, rtol=0)
+    empty = BodyLayer.from_arrays(np.zeros((64, 48, 3), np.uint8), np.zeros((64, 48), np.uint8), np.zeros((7, 2)),
+                                  np.zeros((2, 2)))
+    torch.testing.assert_close(empty.plates(clean, sways), clean.expand(4, -1, -1, -1))
 
 
 def test_the_sway_of_a_new_head_pose_is_linear_and_stays_in_range() -> None:
