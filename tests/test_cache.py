@@ -35,6 +35,9 @@ def test_round_trip(tiny_cache: CaptureCache) -> None:
     assert reopened.num_frames == 60
     assert [s.name for s in reopened.sequences_in("train")] == ["train_a", "train_b", "train_c"]
     assert [s.name for s in reopened.sequences_in(["val", "test"])] == ["val", "test"]
+    train = reopened.rows_in("train")
+    assert train.dtype.kind == "i" and np.array_equal(
+        train, np.concatenate([np.arange(s.first, s.last + 1) for s in reopened.sequences_in("train")]))
     assert reopened.camera("front") == tiny_camera()
     assert reopened.names("features/*") == [FEATURES]
     features = reopened.array(FEATURES)

@@ -134,7 +134,7 @@ def export_avatar(cache: CaptureCache, out: str | Path, head_vae: str | Path, re
                          f"takes {models['head_vae'].hparams.latent_dim}: they were not trained together")
     _check_head_vae_encoded_the_latents(cache, models["head_vae"], sources["head_vae"], sources["animator"])
     pose = cache.read(POSE)
-    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
+    train = cache.rows_in("train")
     plates = {record.name: f"clean_plates/{record.name}.png" for record in cache.cameras}
     bodies = {name: body for name in (c.name for c in cache.cameras) if (body := read_body_layer(cache, name))}
     body_files = {name: {"plate": f"body_plates/{name}.png", "mask": f"body_plates/{name}_mask.png",

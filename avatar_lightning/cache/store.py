@@ -166,6 +166,11 @@ class CaptureCache:
             raise CacheError(f"unknown split(s) {sorted(unknown)}; splits are {SPLITS}")
         return sorted((s for s in self.manifest.sequences if s.split in wanted), key=lambda s: s.first)
 
+    def rows_in(self, splits: str | Sequence[str]) -> np.ndarray:
+        """``(F,) int64``: every frame of :meth:`sequences_in` ``splits``, in order (empty where there are none)."""
+        return np.concatenate([np.arange(s.first, s.last + 1) for s in self.sequences_in(splits)] or
+                              [np.arange(0)])
+
     def has(self, name: str) -> bool:
         return name in self.manifest.arrays
 

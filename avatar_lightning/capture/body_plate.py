@@ -7,8 +7,9 @@ blur (on the shared anchor the face box's error below the chin was 3x what a sha
 
 Here, per camera:
 
-- **the torso's sway** (:func:`track_torso`): a 2-D translation per frame, by phase correlation of the band below
-  the chin against the torso's median appearance (one refinement pass with the median of the stabilised band);
+- **the torso's sway** (:func:`track_torso`): a 2-D translation per frame, by OpenCV's ECC alignment of the band
+  below the chin (face masked out, only where the body nearly always is: :func:`body_region`) against the torso's
+  median appearance (one refinement pass with the median of the stabilised band);
 - **the body plate** (:func:`estimate_body`): sampled frames moved back by their sway, the person's silhouette
   (MediaPipe's selfie segmentation) without the head; the per-pixel median of the body where it is body, and how
   often it is body (a soft mask);
@@ -285,9 +286,8 @@ def body_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Cam
                 fit: FitResult, training: Sequence[np.ndarray], stage: str, chunk: int = 256) -> dict[str, Any]:
     """``prepare``'s step: write each camera's body plate, its torso sway per frame and the sway's map from the head
     pose; returns what was done per camera. ``training[k]``: the training frames in which camera ``k`` saw the
-    face. A camera whose frame the face fills, whose torso could
-    not be matched, or whose body plate explains its frames no better than the clean plate, gets none: its clean
-    plate stays the only plate."""
+    face. A camera whose frame the face fills, whose torso could not be matched, or whose body plate explains its
+    frames no better than the clean plate, gets none: its clean plate stays the only plate."""
     report: dict[str, Any] = {}
     for k, (name, record) in enumerate(zip(names, records, strict=True)):
         faces = _projected_faces(mesh, Cameras.from_dict(record), fit, chunk)

@@ -242,7 +242,7 @@ def clean_plates(cache: CaptureCache, names: Sequence[str], records: Sequence[Ca
 
 def training_rows(cache: CaptureCache, fit: FitResult, camera: int) -> np.ndarray:
     """Training frames in which camera number ``camera`` saw the face."""
-    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")])
+    train = cache.rows_in("train")
     return np.intersect1d(np.flatnonzero(np.isfinite(fit.rms[:, camera])), train)
 
 

@@ -9,6 +9,7 @@ face filling the frame) keeps its one clean plate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,9 +86,10 @@ class BodyLayer:
                                    self.mask.to(sways.device)[window], sways)
         return out
 
-    @property
+    @cached_property
     def window(self) -> tuple[int, int, int, int]:
-        """``top, bottom, left, right`` (end exclusive): where a body swaying within its range may lie."""
+        """``top, bottom, left, right`` (end exclusive): where a body swaying within its range may lie (found once:
+        :meth:`plates` runs per frame in training and animation)."""
         rows, cols = torch.nonzero(self.mask[0, 0] > 0, as_tuple=True)
         height, width = self.mask.shape[-2:]
         if not len(rows):
@@ -132,7 +134,7 @@ def read_body_layer(cache: CaptureCache, camera: str) -> BodyLayer | None:
                          "`python -m avatar_lightning prepare` again")
     plate, mask, sway_name, from_pose = names
     sways = np.asarray(cache.array(sway_name), np.float32)
-    train = np.concatenate([np.arange(s.first, s.last + 1) for s in cache.sequences_in("train")] or [np.arange(0)])
+    train = cache.rows_in("train")
     seen = sways[train] if len(train) else sways
     return BodyLayer.from_arrays(cache.read(plate), cache.read(mask), cache.read(from_pose),
                                  np.stack([seen.min(0), seen.max(0)]))
