@@ -36,14 +36,21 @@ def small_unet(seed: int = 0, depth: int = 3, width: int = 8) -> UNet:
 
 
 def small_head_vae() -> HeadVAE:
-    """A head VAE (16² textures, 5 blend shapes, 8 latents) with random weights and batch-norm statistics."""
+    """A head VAE (16² textures, 5 blend shapes, 8 latents) built as the experiment file builds it (mean texture,
+    geometry code, texture axes at 8², so every decoding path is exported), with random weights, batch-norm
+    statistics, mean texture and axes."""
     torch.manual_seed(1)
     model = HeadVAE(texture_size=16, num_blend_shapes=5, latent_dim=8, width=4, perceptual_weight=0.0,
-                    adversarial_weight=0.0)
+                    adversarial_weight=0.0, mean_texture=True, geometry_share=0.5, texture_axes=8)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        decoder = model.vae.decoder
+        decoder.mean_logit.normal_()
+        decoder.axes.linear.weight.normal_(std=0.3)
+        decoder.axes.linear.bias.normal_(std=0.3)
     return model.eval()
 
 

@@ -65,6 +65,9 @@ class HeadVAE(pl.LightningModule):
             fit starts (``nets.head_vae.BlendEncoding``); 0 (the checkpoints made before it): z from texture and
             blend weights together. A share, not a count, so that a config's latent_dim can change alone.
         geometry_lr_scale: the learning rate of that geometry code over ``lr``.
+        texture_axes: S > 0 starts the rest of z (the appearance) at the principal axes of the training frames'
+            texture logits averaged to S x S, measured when a fit starts (``nets.texture_axes``; needs
+            ``mean_texture``); 0 (the checkpoints made before it): the convolutions alone, from a random start.
     """
 
     def __init__(
@@ -90,8 +93,11 @@ class HeadVAE(pl.LightningModule):
         motion_weight: float = 0.0,
         geometry_share: float = 0.0,
         geometry_lr_scale: float = 1.0,
+        texture_axes: int = 0,
     ) -> None:
         super().__init__()
+        if texture_axes and not mean_texture:
+            raise ValueError("texture_axes codes the change from the person's mean texture: set mean_texture too")
         if motion_weight < 0:
             raise ValueError(f"motion_weight must be 0 (every texel alike) or more, got {motion_weight}")
         if not 0 <= geometry_share < 1 or (geometry_share and latent_dim < 2):
@@ -126,7 +132,8 @@ class HeadVAE(pl.LightningModule):
         self.vae = HeadVAENet(texture_size, num_blend_shapes, self.hparams.latent_dim, self.hparams.width,
                               channels_last=self.hparams.get("channels_last", True),
                               mean_texture=self.hparams.get("mean_texture", False),
-                              geometry_dim=self.geometry_dim)
+                              geometry_dim=self.geometry_dim,
+                              texture_axes=min(self.hparams.get("texture_axes", 0), texture_size))
         if self.hparams.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(self.hparams.discriminator_layers, self.hparams.discriminator_width)
 
@@ -152,8 +159,8 @@ class HeadVAE(pl.LightningModule):
     def on_fit_start(self) -> None:
         """On a fresh fit (a resumed one keeps the checkpoint's): the geometry code's principal axes
         (``geometry_share``) over every training frame's blend weights, and the person's mean texture
-        (``mean_texture``); on every fit, each texel's spread (``motion_weight``). Textures are measured on up to 256
-        evenly spaced training frames."""
+        (``mean_texture``) and the appearance code's principal axes (``texture_axes``); on every fit, each texel's
+        spread (``motion_weight``). Textures are measured on up to 256 evenly spaced training frames."""
         decoder = self.vae.decoder
         motion = self.hparams.get("motion_weight", 0.0)
         fresh = int(self.generator_steps) == 0
@@ -162,25 +169,32 @@ class HeadVAE(pl.LightningModule):
             self.vae.set_principal_axes(torch.from_numpy(np.asarray(blend, np.float64)))
         if not (decoder.mean_texture and fresh) and not motion:
             return
-        mean, std = self._texture_statistics()
+        axes = fresh and decoder.axes is not None
+        mean, std, samples = self._texture_statistics(keep=axes)
         if decoder.mean_texture and fresh:
             decoder.mean_logit.copy_(torch.logit(mean.clamp(0.01, 0.99)).to(decoder.mean_logit)[None])
+        if axes:
+            self.vae.set_texture_axes(samples.to(decoder.mean_logit))
         if motion:
             spread = std.mean(0)  # (T, T): over the three channels
             weight = 1 + motion * spread / spread.mean().clamp_min(1e-8)
             self.texel_weight = (weight / weight.mean()).to(self.texel_weight)[None, None]
 
-    def _texture_statistics(self, samples: int = 256) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation ``(3, T, T)`` over evenly spaced training frames' textures in [0, 1]."""
+    def _texture_statistics(self, samples: int = 256, keep: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Mean and standard deviation ``(3, T, T)`` over evenly spaced training frames' textures in [0, 1], and with
+        ``keep`` those textures ``(S, 3, T, T)`` (float32; else None)."""
         dataset = self.trainer.datamodule.datasets["train"]
         picks = np.unique(np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int))
         total = squares = None
+        kept = []
         for index in picks:
             texture = dataset[int(index)]["texture"][0].permute(2, 0, 1).double() / 255
             total = texture if total is None else total + texture
             squares = texture**2 if squares is None else squares + texture**2
+            if keep:
+                kept.append(texture.float())
         mean = total / len(picks)
-        return mean, (squares / len(picks) - mean**2).clamp_min(0).sqrt()
+        return mean, (squares / len(picks) - mean**2).clamp_min(0).sqrt(), torch.stack(kept) if keep else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse, saying what to do, one earlier version's geometry code (an MLP, before the principal axes)."""

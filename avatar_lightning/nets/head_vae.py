@@ -11,11 +11,18 @@ import math
 import torch
 from torch import Tensor, nn
 
+from avatar_lightning.nets.texture_axes import TextureDecoding, TextureEncoding, set_texture_axes
+
 
 def _check_texture_size(size: int) -> int:
     if size < 16 or size & (size - 1):
         raise ValueError(f"texture_size must be a power of two >= 16, got {size}")
     return int(math.log2(size // 4))  # number of 2x resolution steps between 4x4 and the texture
+
+
+# The appearance code's initial log variance where it starts on the texture's axes (standardised: unit spread over
+# the frames): sigma 0.14, so that the first steps' samples stay near the code rather than drown it.
+INITIAL_LOG_VAR = -4.0
 
 
 def _channels(level: int, base: int, cap: int) -> int:
@@ -100,10 +107,14 @@ class HeadEncoder(nn.Module):
             part is deterministic: its log variance is 0, so the KL term is ``mu^2 / 2`` there, and
             :class:`HeadVAENet` does not sample it (the blend weights are a clean, low-dimensional signal; sampled at
             the VAE's initial sigma = 1 it drowned, anchor 8 min: decoded mesh Pearson 0.41 even on training frames).
+        texture_axes: S > 0 adds to the appearance part of mu a linear code of the texture's logits averaged to
+            S x S (:class:`~avatar_lightning.nets.texture_axes.TextureEncoding`, set to their principal axes when a
+            fit starts); the convolutions' part of mu then starts at zero and its sigma small, so training begins
+            from that code. 0: the convolutions alone.
     """
 
     def __init__(self, texture_size: int, num_blend_shapes: int, latent_dim: int, width: int = 32,
-                 max_width: int = 256, geometry_dim: int = 0) -> None:
+                 max_width: int = 256, geometry_dim: int = 0, texture_axes: int = 0) -> None:
         super().__init__()
         if not 0 <= geometry_dim < latent_dim:
             raise ValueError(f"geometry_dim must be in [0, latent_dim = {latent_dim}), got {geometry_dim}")
@@ -122,12 +133,19 @@ class HeadEncoder(nn.Module):
         self.log_var = nn.Linear(512, latent_dim - geometry_dim)
         if geometry_dim:
             self.geometry = BlendEncoding(num_blend_shapes, geometry_dim)
+        self.axes = TextureEncoding(texture_size, texture_axes, latent_dim - geometry_dim) if texture_axes else None
+        if texture_axes:
+            nn.init.zeros_(self.mu.weight)
+            nn.init.zeros_(self.mu.bias)
+            nn.init.constant_(self.log_var.bias, INITIAL_LOG_VAR)
 
     def forward(self, texture: Tensor, blend_weights: Tensor) -> tuple[Tensor, Tensor]:
         """``texture (B, 3, T, T)`` in [0, 1], ``blend_weights (B, K)`` -> ``mu, log_var (B, Z)``."""
         blend = self.blend(blend_weights)
         h = self.joint(torch.cat([self.texture(texture * 2 - 1), blend], dim=1))
         mu, log_var = self.mu(h), self.log_var(h)
+        if self.axes is not None:
+            mu = mu + self.axes(texture)
         if self.geometry_dim:
             mu = torch.cat([self.geometry(blend_weights), mu], dim=1)
             log_var = torch.cat([log_var.new_zeros(len(log_var), self.geometry_dim), log_var], dim=1)
@@ -142,13 +160,18 @@ class HeadDecoder(nn.Module):
     most of the early training goes into drawing the static face, and what moves (mouth, eyes, brows) is a small
     change on top that an L1 loss learns last: a short fit decodes every latent to nearly the same face.
     ``mean_logit`` is a buffer the training system fills from the data (``models.head_vae``).
+    With ``texture_axes`` S > 0 (``mean_texture`` required) the appearance part of z also decodes linearly to a
+    change of logits at S x S, upsampled (:class:`~avatar_lightning.nets.texture_axes.TextureDecoding`).
     With ``geometry_dim`` G > 0 the blend weights are decoded from the first G dimensions of z alone (the ones
     :class:`HeadEncoder` encodes from the blend weights alone), by :class:`BlendDecoding`; the texture reads all of z.
     """
 
     def __init__(self, texture_size: int, num_blend_shapes: int, latent_dim: int, width: int = 32,
-                 max_width: int = 256, mean_texture: bool = False, geometry_dim: int = 0) -> None:
+                 max_width: int = 256, mean_texture: bool = False, geometry_dim: int = 0,
+                 texture_axes: int = 0) -> None:
         super().__init__()
+        if texture_axes and not mean_texture:
+            raise ValueError("texture_axes codes the change from the person's mean texture: it needs mean_texture")
         self.geometry_dim = geometry_dim
         levels = _check_texture_size(texture_size)
         top = _channels(levels, width, max_width)
@@ -168,6 +191,7 @@ class HeadDecoder(nn.Module):
             self.register_buffer("mean_logit", torch.zeros(1, 3, texture_size, texture_size))
         else:
             self.texture = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1), nn.Sigmoid())
+        self.axes = TextureDecoding(texture_size, texture_axes, latent_dim - geometry_dim) if texture_axes else None
         self.blend: nn.Module = (BlendDecoding(num_blend_shapes, geometry_dim) if geometry_dim else
                                  nn.Sequential(nn.Linear(latent_dim, 128), nn.LeakyReLU(0.2),
                                                nn.Linear(128, num_blend_shapes)))
@@ -186,6 +210,8 @@ class HeadDecoder(nn.Module):
         # z.shape[0], not len(z): an int would fix the batch size in torch.export
         h = self.fc(code).view(z.shape[0], self.top_channels, 4, 4)
         texture = self.texture(h)
+        if self.axes is not None:
+            texture = texture + self.axes(z[:, g:])
         if self.mean_texture:
             texture = torch.sigmoid(texture + self.mean_logit)
         return texture, self.blend_weights(z)
@@ -201,12 +227,13 @@ class HeadVAENet(nn.Module):
 
     def __init__(self, texture_size: int = 128, num_blend_shapes: int = 17, latent_dim: int = 64, width: int = 32,
                  max_width: int = 256, channels_last: bool = True, mean_texture: bool = False,
-                 geometry_dim: int = 0) -> None:
+                 geometry_dim: int = 0, texture_axes: int = 0) -> None:
         super().__init__()
         self.latent_dim = latent_dim
-        self.encoder = HeadEncoder(texture_size, num_blend_shapes, latent_dim, width, max_width, geometry_dim)
+        self.encoder = HeadEncoder(texture_size, num_blend_shapes, latent_dim, width, max_width, geometry_dim,
+                                   texture_axes)
         self.decoder = HeadDecoder(texture_size, num_blend_shapes, latent_dim, width, max_width, mean_texture,
-                                   geometry_dim)
+                                   geometry_dim, texture_axes)
         if channels_last:  # activations follow: a convolution with channels-last weights outputs channels-last
             self.to(memory_format=torch.channels_last)
 
@@ -220,6 +247,12 @@ class HeadVAENet(nn.Module):
         """The geometry code from the principal axes of ``blend_weights (N, K)`` (:func:`set_principal_axes`)."""
         if self.encoder.geometry_dim:
             set_principal_axes(self.encoder.geometry, self.decoder.blend, blend_weights)
+
+    def set_texture_axes(self, textures: Tensor) -> None:
+        """The appearance code on the principal axes of ``textures (N, 3, T, T)`` in [0, 1] (training frames;
+        ``texture_axes`` > 0, else nothing), around the decoder's mean texture (set that first)."""
+        if self.encoder.axes is not None:
+            set_texture_axes(self.encoder.axes, self.decoder.axes, textures, self.decoder.mean_logit)
 
     def forward(self, texture: Tensor, blend_weights: Tensor, sample: bool | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
