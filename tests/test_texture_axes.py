@@ -118,3 +118,29 @@ def test_a_fresh_fit_sets_the_axes_and_the_checkpoint_keeps_them(synthetic_tiny:
     trainer.save_checkpoint(path)
     with torch.no_grad():
         torch.testing.assert_close(load_head_vae(path).decode(z)[0], decoded)
+
+
+class _AxesAtStart(pl.Callback):
+    """Keeps a copy of the axes as training starts (after the fit has measured them, before any step)."""
+
+    def on_train_start(self, trainer: pl.Trainer, module: HeadVAE) -> None:
+        self.weights = {k: v.clone() for k, v in module.vae.state_dict().items() if ".axes." in k}
+        self.conv = module.vae.encoder.mu.weight.detach().clone()
+
+
+def test_the_axes_stay_fixed_while_the_rest_learns(synthetic_tiny: CaptureCache, tmp_path: Path) -> None:
+    """At a learning rate that moves the convolutions, the measured axes do not move (``nets.texture_axes``: Adam
+    would move a code read from thousands of logits by thousands of steps' worth at once)."""
+    torch.manual_seed(0)
+    model = HeadVAE(latent_dim=16, width=4, lr=1e-2, perceptual_weight=0.0, adversarial_weight=0.0,
+                    mean_texture=True, geometry_share=0.5, texture_axes=16)
+    start = _AxesAtStart()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[start])
+    trainer.fit(model, datamodule=HeadDataModule(str(synthetic_tiny.root), batch_size=4))
+    assert start.weights and all(v.abs().max() > 0 for k, v in start.weights.items() if k.endswith("weight"))
+    after = model.vae.state_dict()
+    for key, value in start.weights.items():
+        torch.testing.assert_close(after[key], value, atol=0, rtol=0)
+    assert not torch.equal(model.vae.encoder.mu.weight, start.conv)  # the convolutions' part of mu learnt
