@@ -115,7 +115,7 @@ def build(size: int, frames: int, device: torch.device) -> Setup:
     info = {"default_pose": pose.mean(0).tolist(),
             "features": {"extractor": "mediapipe", "relative": "sequence", "output": "mediapipe"}}
     head_vae = HeadVAE(texture_size=PRESET.texture_size, num_blend_shapes=identity.face.num_blend_shapes,
-                       latent_dim=LATENT_DIM, width=16, mean_texture=True, geometry_share=0.5, texture_axes=64,
+                       latent_dim=LATENT_DIM, width=16, mean_texture=True, geometry_share=0.5,
                        perceptual_weight=0.0, adversarial_weight=0.0).eval()
     rerenderer = Rerenderer(**rerender_network(), perceptual_weight=0.0).eval()
     animator = Animator(features="mediapipe", backbone="lstm", residual_dim=16, linear_skip=True,

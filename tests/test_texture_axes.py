@@ -144,3 +144,23 @@ def test_the_axes_stay_fixed_while_the_rest_learns(synthetic_tiny: CaptureCache,
     for key, value in start.weights.items():
         torch.testing.assert_close(after[key], value, atol=0, rtol=0)
     assert not torch.equal(model.vae.encoder.mu.weight, start.conv)  # the convolutions' part of mu learnt
+
+
+def test_codes_beyond_the_training_frames_decode_as_the_farthest_seen() -> None:
+    """Decoding is linear, so a code far beyond the training frames' range (another person's grimace through the
+    animator) is clamped to that range per axis: ten times the farthest frame decodes as that frame; the training
+    frames' own codes are inside and decode unchanged."""
+    textures = _low_rank_textures(40, 16, rank=4)
+    mean_logit = texture_logits(textures.mean(0, keepdim=True))
+    enc, dec = TextureEncoding(16, 16, 6), TextureDecoding(16, 16, 6)
+    set_texture_axes(enc, dec, textures, mean_logit)
+    with torch.no_grad():
+        code = enc(textures)
+        torch.testing.assert_close(dec.low[:4], code[:, :4].min(0).values, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dec.high[:4], code[:, :4].max(0).values, atol=1e-4, rtol=1e-4)
+        assert dec.low[4:].abs().max() == 0 and dec.high[4:].abs().max() == 0  # unused axes: nothing to decode
+        far = code[:, 0].argmax()
+        wild = code[far : far + 1].clone()
+        wild[:, 0] *= 10
+        torch.testing.assert_close(dec(wild), dec(code[far : far + 1]), atol=1e-4, rtol=1e-4)
+        assert (dec(wild) - dec(code[far : far + 1] * 0)).abs().max() > 0.1  # clamped, not switched off

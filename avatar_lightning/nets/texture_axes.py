@@ -65,7 +65,12 @@ class TextureEncoding(nn.Module):
 
 
 class TextureDecoding(nn.Module):
-    """Code ``(B, C)`` -> a change of logits ``(B, 3, T, T)``: :class:`TextureEncoding`'s inverse on its axes."""
+    """Code ``(B, C)`` -> a change of logits ``(B, 3, T, T)``: :class:`TextureEncoding`'s inverse on its axes.
+
+    Each code is first clamped to the range the training frames spanned (``low``, ``high``, measured with the axes).
+    Why: the decoding is linear, so a code beyond anything seen paints a change beyond anything seen. The animator
+    maps another person's grimace to such codes (anchor avatar driven by a shared clip, d12: blue-grey eye whites
+    and a dark smear over the cheek, where the convolutional decoder alone gave a calm face)."""
 
     def __init__(self, texture_size: int, size: int, code_dim: int) -> None:
         super().__init__()
@@ -74,10 +79,12 @@ class TextureDecoding(nn.Module):
         self.linear = nn.Linear(code_dim, 3 * size * size).requires_grad_(False)  # fixed, as the encoding
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        self.register_buffer("low", torch.full((code_dim,), -torch.inf))
+        self.register_buffer("high", torch.full((code_dim,), torch.inf))
 
     def forward(self, code: Tensor) -> Tensor:
         # code.shape[0], not len(code): an int would fix the batch size in torch.export
-        change = self.linear(code).view(code.shape[0], 3, self.size, self.size)
+        change = self.linear(torch.clamp(code, self.low, self.high)).view(code.shape[0], 3, self.size, self.size)
         if self.factor == 1:
             return change
         return F.interpolate(change, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
@@ -106,3 +113,6 @@ def set_texture_axes(encoding: TextureEncoding, decoding: TextureDecoding, textu
     back[:, :used] = axes[:used].T * spread
     decoding.linear.weight.copy_(back)
     decoding.linear.bias.copy_(centre - mean_blocks)
+    codes = (blocks - centre) @ weight.T  # (N, C): the training frames' own codes; unused axes stay at 0
+    decoding.low.copy_(codes.min(0).values)
+    decoding.high.copy_(codes.max(0).values)
