@@ -36,9 +36,9 @@ def small_unet(seed: int = 0, depth: int = 3, width: int = 8) -> UNet:
 
 
 def small_head_vae() -> HeadVAE:
-    """A head VAE (16² textures, 5 blend shapes, 8 latents) built as the experiment file builds it (mean texture,
-    geometry code, texture axes at 8², so every decoding path is exported), with random weights, batch-norm
-    statistics, mean texture and axes."""
+    """A head VAE (16² textures, 5 blend shapes, 8 latents) with every decoding path the experiment file can switch
+    on (mean texture, geometry code, and the opt-in texture axes at 8²), so that each is exported; random weights,
+    batch-norm statistics, mean texture and axes."""
     torch.manual_seed(1)
     model = HeadVAE(texture_size=16, num_blend_shapes=5, latent_dim=8, width=4, perceptual_weight=0.0,
                     adversarial_weight=0.0, mean_texture=True, geometry_share=0.5, texture_axes=8)

@@ -23,6 +23,7 @@ from avatar_lightning.errors import CacheError
 from avatar_lightning.models.gan import adversarial_step
 from avatar_lightning.nets.head_vae import HeadVAENet, PatchDiscriminator
 from avatar_lightning.nets.perceptual import load_lpips
+from avatar_lightning.nets.texture_axes import texture_logits
 
 
 def textures_from_batch(batch: dict[str, Tensor]) -> Tensor:
@@ -172,7 +173,7 @@ class HeadVAE(pl.LightningModule):
         axes = fresh and decoder.axes is not None
         mean, std, samples = self._texture_statistics(keep=axes)
         if decoder.mean_texture and fresh:
-            decoder.mean_logit.copy_(torch.logit(mean.clamp(0.01, 0.99)).to(decoder.mean_logit)[None])
+            decoder.mean_logit.copy_(texture_logits(mean).to(decoder.mean_logit)[None])
         if axes:
             self.vae.set_texture_axes(samples.to(decoder.mean_logit))
         if motion:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 # An axis whose spread is below this share of the first's is rounding, not data (float32 textures): standardised to
 # unit spread it would be noise amplified, so it starts unused.
 RANK_TOLERANCE = 1e-4
-LOGIT_CLAMP = 0.01  # textures are clamped to [0.01, 0.99] before the logit, as the decoder's mean texture is
+LOGIT_CLAMP = 0.01  # textures are clamped to [0.01, 0.99] before the logit (the decoder's mean texture too)
 
 
 def texture_logits(texture: Tensor) -> Tensor:
